@@ -1,0 +1,60 @@
+// Command chattermail is the local entry point to chattermail: the
+// all-in-one development system and the operator tools.
+//
+//	chattermail dev       every service in one process, an embedded NATS
+//	                      server, a local SMTP capture (see -h)
+//	chattermail version   print the version
+//
+// The services also ship as separate programs (services/*/cmd/*) for
+// production, where each runs as its own deployment.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "chattermail:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: chattermail <command> [flags]
+
+commands:
+  dev       run every service in one process with an embedded NATS server
+            and a local SMTP capture
+  version   print the version
+
+Run "chattermail <command> -h" for a command's flags.
+`
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stdout, usage)
+		return fmt.Errorf("no command")
+	}
+	switch args[0] {
+	case "dev":
+		return runDev(ctx, args[1:], getenv, stdout)
+	case "version":
+		fmt.Fprintln(stdout, "chattermail", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stdout, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chattermail/chattermail/platform/bus"
+	"github.com/chattermail/chattermail/platform/config"
+	"github.com/chattermail/chattermail/platform/proc"
+	"github.com/chattermail/chattermail/platform/smtpcapture"
+	"github.com/chattermail/chattermail/platform/testenv"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+)
+
+const testAPIKey = "test-acme-key"
+
+// logBuffer collects a system's logs and prints them when the test fails.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func newLogBuffer(t testing.TB) *logBuffer {
+	l := &logBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs:\n%s", l.String())
+		}
+	})
+	return l
+}
+
+// deps are the real things a system under test runs against.
+type deps struct {
+	natsURL    string
+	redisAddr  string
+	capture    *smtpcapture.Server
+	configPath string
+	redis      *redis.Client
+	js         jetstream.JetStream
+}
+
+// startDeps starts an in-process NATS server, a redis-server, an SMTP
+// capture, and writes a tenants file whose tenant "acme" (limit 200)
+// delivers to the capture.
+func startDeps(t testing.TB) *deps { return startDepsLimit(t, 200) }
+
+// startDepsLimit is startDeps with the tenant's daily limit.
+func startDepsLimit(t testing.TB, limit int) *deps {
+	t.Helper()
+	ns := testenv.NATS(t)
+	raddr := testenv.Redis(t)
+	capture, err := smtpcapture.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { capture.Close() })
+	host, port := capture.HostPort()
+	cfg := fmt.Sprintf(`tenants:
+  acme:
+    alias_domain: example.com
+    daily_limit: %d
+    api_keys: [%q]
+    servers:
+      - name: capture
+        sequence: 10
+        host: %s
+        port: %d
+        tls: none
+`, limit, config.APIKeyDigest(testAPIKey), host, port)
+	path := filepath.Join(t.TempDir(), "tenants.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rc := redis.NewClient(&redis.Options{Addr: raddr})
+	t.Cleanup(func() { rc.Close() })
+	nb, err := bus.Connect(ns.ClientURL(), "test", testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nb.Close)
+	return &deps{natsURL: ns.ClientURL(), redisAddr: raddr, capture: capture, configPath: path, redis: rc, js: nb.JetStream()}
+}
+
+// startInProcess runs the four stages in this process, as "chattermail
+// dev" does, and returns the HTTP API's base URL.
+func startInProcess(t testing.TB, d *deps) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := newLogBuffer(t)
+	p, err := proc.Start(ctx, "test", proc.Settings{NATSURL: d.natsURL, ConfigPath: d.configPath, AdminAddr: "127.0.0.1:0", LogLevel: "debug"}, logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := newPipeline(p, pipelineOptions{Redis: d.redis})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- pl.run(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("pipeline stopped with %v", err)
+		}
+	})
+	return "http://" + ln.Addr().String()
+}
+
+// samplePost is the issue's example: three followers, the author among them.
+const samplePost = `{
+  "tenant": "acme",
+  "thread": {"model": "crm.lead", "id": "42", "displayName": "Big deal"},
+  "author": {"name": "Bob Seller", "email": "bob@example.com", "internal": true},
+  "subject": "Contract signed",
+  "bodyText": "The customer signed. Thanks everyone!",
+  "bodyHtml": "<p>The customer signed. <b>Thanks everyone!</b></p>",
+  "followers": [
+    {"partner": {"name": "Bob Seller", "email": "bob@example.com", "internal": true}},
+    {"partner": {"name": "Ann Buyer", "email": "ann@customer.example"}},
+    {"partner": {"name": "Carl Manager", "email": "carl@example.com", "internal": true}}
+  ]
+}`
+
+type postAnswer struct {
+	PostID    string `json:"post_id"`
+	MessageID string `json:"message_id"`
+	Error     string `json:"error"`
+}
+
+func post(t testing.TB, base, key, body string) (int, postAnswer) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, base+"/v1/posts", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var a postAnswer
+	if err := json.Unmarshal(raw, &a); err != nil {
+		t.Fatalf("POST /v1/posts answered %d with non-JSON %q", resp.StatusCode, raw)
+	}
+	return resp.StatusCode, a
+}
+
+// waitDrained waits until no mail is left in any work stream and the
+// sender has nothing unacknowledged, so counting captured mail afterwards
+// also proves that no duplicate is still on its way.
+func waitDrained(t testing.TB, js jetstream.JetStream) {
+	t.Helper()
+	ctx := context.Background()
+	testenv.Eventually(t, 60*time.Second, func() error {
+		for _, name := range []string{bus.StreamPosts, bus.StreamCompose, bus.StreamRewritten, bus.StreamReady} {
+			s, err := js.Stream(ctx, name)
+			if err != nil {
+				return err
+			}
+			info, err := s.Info(ctx)
+			if err != nil {
+				return err
+			}
+			if info.State.Msgs != 0 {
+				return fmt.Errorf("%s still holds %d messages", name, info.State.Msgs)
+			}
+		}
+		return nil
+	})
+}
