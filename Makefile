@@ -7,7 +7,7 @@ MODULES   = $(shell go list -m -f '{{.Dir}}')
 SERVICES := ingest rewrite quota sender
 GOTEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all run build test vet fmt-check proto proto-check bench clean ci
+.PHONY: all run build build-modules test vet fmt-check proto proto-check bench clean ci
 
 all: build
 
@@ -22,8 +22,12 @@ build:
 	@for s in $(SERVICES); do echo "go build -o bin/$$s ./services/$$s/cmd/$$s"; go build -o bin/$$s ./services/$$s/cmd/$$s; done
 
 ## test: formatting, vet, the proto staleness check and go test -race over every module
-test: fmt-check vet proto-check
+test: fmt-check vet proto-check build-modules
 	@for d in $(MODULES); do echo "== go test $$d"; (cd $$d && go test $(GOTEST_FLAGS) ./...); done
+
+## build-modules: every module builds on its own (GOWORK=off), as container builds do
+build-modules:
+	@for d in $(MODULES); do (cd $$d && GOWORK=off go build ./...); done
 
 vet:
 	@for d in $(MODULES); do (cd $$d && go vet ./...); done
