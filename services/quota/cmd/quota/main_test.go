@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/chattermail/chattermail/platform/testenv"
+)
+
+func TestRunServesReadinessWithRedis(t *testing.T) {
+	ns := testenv.NATS(t)
+	mr := miniredis.RunT(t)
+	mr.RequireAuth("s3cret-pw")
+	cfg := filepath.Join(t.TempDir(), "chattermail.yaml")
+	if err := os.WriteFile(cfg, []byte("tenants:\n  acme:\n    alias_domain: example.com\n    time_zone: Europe/Paris\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{
+		"NATS_URL":           ns.ClientURL(),
+		"CHATTERMAIL_CONFIG": cfg,
+		"REDIS_URL":          "redis://:s3cret-pw@" + mr.Addr() + "/0",
+	}
+	var out syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-admin-addr", "127.0.0.1:0"}, func(k string) string { return env[k] }, &out)
+	}()
+
+	var admin string
+	testenv.Eventually(t, 10*time.Second, func() error {
+		for line := range strings.Lines(out.String()) {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "started" {
+				admin, _ = m["admin"].(string)
+				return nil
+			}
+		}
+		return fmt.Errorf("no started line in %q", out.String())
+	})
+	readyz := func() (int, string) {
+		resp, err := http.Get("http://" + admin + "/readyz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if code, body := readyz(); code != http.StatusOK {
+			return fmt.Errorf("/readyz = %d %q", code, body)
+		}
+		return nil
+	})
+	mr.Close()
+	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "redis") {
+		t.Errorf("/readyz with Redis down = %d %q, want 503 naming redis", code, body)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not return after cancel")
+	}
+	if strings.Contains(out.String(), "s3cret-pw") {
+		t.Errorf("the Redis password was logged:\n%s", out.String())
+	}
+}
+
+func TestRunRejectsABadRedisURLWithoutShowingIt(t *testing.T) {
+	for _, u := range []string{"redis://:pa ss@host:port/0", "redis://:p/ss@h:6379", "ftp://:secret@h", "redis://:secret@h/db"} {
+		err := run(context.Background(), []string{"-redis-url", u}, func(string) string { return "" }, io.Discard)
+		if err == nil {
+			t.Errorf("run with -redis-url %q: no error", u)
+			continue
+		}
+		if strings.Contains(err.Error(), "ss@") || strings.Contains(err.Error(), "secret") {
+			t.Errorf("run with -redis-url %q: error %q shows the password", u, err)
+		}
+	}
+}
+
+// syncBuffer is the process's stdout, read while it is written.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
