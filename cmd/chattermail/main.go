@@ -3,6 +3,8 @@
 //
 //	chattermail dev       every service in one process, an embedded NATS
 //	                      server, a local SMTP capture (see -h)
+//	chattermail rewrite   explain the From decision for an author
+//	chattermail quota     show and change tenants' daily limits
 //	chattermail version   print the version
 //
 // The services also ship as separate programs (services/*/cmd/*) for
@@ -35,6 +37,8 @@ const usage = `usage: chattermail <command> [flags]
 commands:
   dev       run every service in one process with an embedded NATS server
             and a local SMTP capture
+  rewrite   explain: print the From, envelope and server chosen for an author
+  quota     set, status: show and change a tenant's daily limit
   version   print the version
 
 Run "chattermail <command> -h" for a command's flags.
@@ -48,6 +52,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	switch args[0] {
 	case "dev":
 		return runDev(ctx, args[1:], getenv, stdout)
+	case "rewrite":
+		return runRewrite(ctx, args[1:], getenv, stdout)
+	case "quota":
+		return runQuota(ctx, args[1:], getenv, stdout)
 	case "version":
 		fmt.Fprintln(stdout, "chattermail", version)
 		return nil
