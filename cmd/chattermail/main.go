@@ -5,6 +5,7 @@
 //	                      server, a local SMTP capture (see -h)
 //	chattermail rewrite   explain the From decision for an author
 //	chattermail quota     show and change tenants' daily limits
+//	chattermail dkim      make DKIM keys and the records to publish
 //	chattermail version   print the version
 //
 // The services also ship as separate programs (services/*/cmd/*) for
@@ -39,6 +40,7 @@ commands:
             and a local SMTP capture
   rewrite   explain: print the From, envelope and server chosen for an author
   quota     set, status: show and change a tenant's daily limit
+  dkim      keygen: make a DKIM key and print the DNS record to publish
   version   print the version
 
 Run "chattermail <command> -h" for a command's flags.
@@ -56,6 +58,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return runRewrite(ctx, args[1:], getenv, stdout)
 	case "quota":
 		return runQuota(ctx, args[1:], getenv, stdout)
+	case "dkim":
+		return runDKIM(ctx, args[1:], getenv, stdout)
 	case "version":
 		fmt.Fprintln(stdout, "chattermail", version)
 		return nil
