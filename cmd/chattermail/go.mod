@@ -3,6 +3,7 @@ module github.com/chattermail/chattermail/cmd/chattermail
 go 1.26.0
 
 require (
+	blitiri.com.ar/go/spf v1.6.0
 	github.com/alicebob/miniredis/v2 v2.40.0
 	github.com/chattermail/chattermail/platform v0.0.0
 	github.com/chattermail/chattermail/proto v0.0.0
@@ -11,9 +12,11 @@ require (
 	github.com/chattermail/chattermail/services/rewrite v0.0.0
 	github.com/chattermail/chattermail/services/sender v0.0.0
 	github.com/emersion/go-message v0.18.2
+	github.com/emersion/go-msgauth v0.7.0
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/redis/go-redis/v9 v9.23.0
+	golang.org/x/net v0.62.0
 	google.golang.org/protobuf v1.36.12
 )
 
@@ -25,6 +28,7 @@ require (
 	github.com/emersion/go-smtp v0.25.1 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/miekg/dns v1.1.73 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect

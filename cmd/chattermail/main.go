@@ -6,6 +6,7 @@
 //	chattermail rewrite   explain the From decision for an author
 //	chattermail quota     show and change tenants' daily limits
 //	chattermail dkim      make DKIM keys and the records to publish
+//	chattermail domain    check SPF, DKIM, DMARC and MX of the tenants
 //	chattermail version   print the version
 //
 // The services also ship as separate programs (services/*/cmd/*) for
@@ -41,6 +42,7 @@ commands:
   rewrite   explain: print the From, envelope and server chosen for an author
   quota     set, status: show and change a tenant's daily limit
   dkim      keygen: make a DKIM key and print the DNS record to publish
+  domain    check: SPF, DKIM, DMARC and MX of each tenant, with fixes
   version   print the version
 
 Run "chattermail <command> -h" for a command's flags.
@@ -60,6 +62,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return runQuota(ctx, args[1:], getenv, stdout)
 	case "dkim":
 		return runDKIM(ctx, args[1:], getenv, stdout)
+	case "domain":
+		return runDomain(ctx, args[1:], getenv, stdout)
 	case "version":
 		fmt.Fprintln(stdout, "chattermail", version)
 		return nil

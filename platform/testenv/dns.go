@@ -123,11 +123,32 @@ func (s *DNSServer) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	case !known:
 		m.Rcode = dns.RcodeNameError
 	default:
-		for _, rr := range rrs {
-			if rr.Header().Rrtype == q.Qtype || (rr.Header().Rrtype == dns.TypeCNAME && q.Qtype != dns.TypeCNAME) {
-				m.Answer = append(m.Answer, dns.Copy(rr))
-			}
-		}
+		m.Answer = s.answer(rrs, q.Qtype)
 	}
 	_ = w.WriteMsg(m)
+}
+
+// answer returns the records of qtype among rrs, following CNAMEs to other
+// names the server knows (up to 8 links), as a recursive resolver would.
+func (s *DNSServer) answer(rrs []dns.RR, qtype uint16) []dns.RR {
+	var out []dns.RR
+	for range 8 {
+		var next string
+		for _, rr := range rrs {
+			switch {
+			case rr.Header().Rrtype == qtype:
+				out = append(out, dns.Copy(rr))
+			case rr.Header().Rrtype == dns.TypeCNAME && qtype != dns.TypeCNAME:
+				out = append(out, dns.Copy(rr))
+				next = strings.ToLower(rr.(*dns.CNAME).Target)
+			}
+		}
+		if next == "" {
+			break
+		}
+		s.mu.Lock()
+		rrs = s.records[next]
+		s.mu.Unlock()
+	}
+	return out
 }
