@@ -45,12 +45,19 @@ func EncodePEM(key crypto.Signer) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
-// ParsePEM reads an RSA or Ed25519 private key from a PKCS#8 ("PRIVATE
-// KEY") or PKCS#1 ("RSA PRIVATE KEY") PEM block.
+// ParsePEM reads an RSA or Ed25519 private key from the first PKCS#8
+// ("PRIVATE KEY") or PKCS#1 ("RSA PRIVATE KEY") PEM block of data; other
+// blocks (parameters, certificates) are skipped.
 func ParsePEM(data []byte) (crypto.Signer, error) {
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return nil, errors.New("dkimkey: no PEM block")
+	var block *pem.Block
+	for {
+		block, data = pem.Decode(data)
+		if block == nil {
+			return nil, errors.New("dkimkey: no PEM private key found")
+		}
+		if strings.HasSuffix(block.Type, "PRIVATE KEY") {
+			break
+		}
 	}
 	switch block.Type {
 	case "RSA PRIVATE KEY":
@@ -72,7 +79,7 @@ func ParsePEM(data []byte) (crypto.Signer, error) {
 		}
 		return nil, fmt.Errorf("dkimkey: unsupported key type %T", k)
 	}
-	return nil, fmt.Errorf("dkimkey: unsupported PEM block %q", block.Type)
+	return nil, fmt.Errorf("dkimkey: PEM block %q; want RSA PRIVATE KEY (PKCS#1) or PRIVATE KEY (PKCS#8)", block.Type)
 }
 
 // Load reads a private key file.

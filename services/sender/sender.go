@@ -14,11 +14,27 @@
 // Deferred, bounced and failed events carry the SMTP transcript of the
 // attempt, with credentials redacted and without the message.
 //
+// Each mail is DKIM-signed (RFC 6376) with the tenant's keys for its From
+// domain, or its organisational domain, else for the alias domain: the
+// first RSA key (2048 bits by default) and the first Ed25519 key listed
+// for that domain, two signatures when both exist (RFC 8463). Keys and
+// the tenants file's dkim lists are reloaded when their files change
+// (keyring).
+//
+// A mail goes to the tenant's server named by rewrite's decision, to the
+// relayhost for tenants without servers, or, without a relayhost, to the
+// MX hosts of the recipient's domain. Connections are pooled per
+// destination, reused for several mails and capped per destination.
+//
 // Delivery is idempotent by mail id: the JetStream KV bucket "delivered"
 // holds one key per accepted mail, checked before SMTP and written right
 // after the 2xx, so a redelivered or republished ready message is not sent
-// twice. A duplicate email is possible only when a worker dies between the
-// server's 2xx and that write.
+// twice. Before that check a worker claims the mail in the KV bucket
+// "sender-claims" (an entry with a TTL, refreshed while the SMTP session
+// runs), so that two replicas never hold the same mail at once, even when
+// a ready message is redelivered while its first worker still works on
+// it. A duplicate email is possible only when a worker dies between the
+// server's 2xx and the write of the delivered set.
 package sender
 
 import (
@@ -42,6 +58,7 @@ import (
 	"github.com/chattermail/chattermail/platform/bus"
 	"github.com/chattermail/chattermail/platform/config"
 	"github.com/chattermail/chattermail/platform/events"
+	"github.com/chattermail/chattermail/platform/resolver"
 	cmv1 "github.com/chattermail/chattermail/proto/chattermail/v1"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -54,6 +71,8 @@ const Stage = "sender"
 const (
 	// deliveredBucket is the JetStream KV bucket of delivered mail ids.
 	deliveredBucket = "delivered"
+	// claimsBucket is the JetStream KV bucket of mails a worker holds.
+	claimsBucket = "sender-claims"
 	// deliveredTTL is how long a delivered mail id is remembered: longer
 	// than any redelivery or republish of its ready message.
 	deliveredTTL = 7 * 24 * time.Hour
@@ -73,9 +92,42 @@ type Options struct {
 	Workers int
 	// Relayhost ("host:port") receives the mail whose From.Server is empty
 	// (tenants without servers), in plain SMTP with STARTTLS when offered.
-	// Empty: such mail is deferred with ErrNoRelayhost (direct-to-MX
-	// delivery comes later).
+	// Empty: such mail goes directly to the MX hosts of its recipient's
+	// domain.
 	Relayhost string
+	// Resolver answers the MX and address lookups of direct-to-MX
+	// delivery; default the servers of /etc/resolv.conf
+	// (resolver.FromSystem). Without one, such mail is deferred with
+	// ErrNoResolver.
+	Resolver Resolver
+	// MXPort is the port of MX hosts; default 25 (tests point it at a
+	// local server).
+	MXPort int
+	// DestinationConcurrency caps the SMTP sessions open at once to one
+	// destination (a server, the relayhost, an MX address), busy and idle
+	// together; default 20 (Postfix default_destination_concurrency_limit).
+	DestinationConcurrency int
+	// IdleTimeout is how long a session waits in the pool for its next
+	// mail before it is closed with QUIT; default 10s.
+	IdleTimeout time.Duration
+	// DisableConnectionReuse closes every session after its mail (QUIT)
+	// instead of keeping it for the next; default false (reuse).
+	DisableConnectionReuse bool
+	// ConfigPath is the tenants file Config came from. When set, its dkim
+	// lists are reloaded when it changes, so keys are added, switched and
+	// retired without a restart. Empty: the lists of Config stay.
+	ConfigPath string
+	// KeyCheckInterval is how often key files (and ConfigPath) are checked
+	// for changes; default 10s.
+	KeyCheckInterval time.Duration
+	// ClaimTTL is how long a claim of a worker that died blocks its mail;
+	// live workers refresh their claims every third of it. Default
+	// AckWait.
+	ClaimTTL time.Duration
+	// KVReplicas is the replica count of the "delivered" and
+	// "sender-claims" KV buckets; default 1 (3 in a NATS cluster, like the
+	// streams).
+	KVReplicas int
 	// HeloName is the name sent in EHLO; default os.Hostname().
 	HeloName string
 	// DialTimeout bounds the TCP connection and each TLS handshake;
@@ -103,14 +155,20 @@ type Options struct {
 type Service struct {
 	o        Options
 	kv       jetstream.KeyValue
+	claims   jetstream.KeyValue
+	holder   string
+	keys     *keyring
+	pool     *pool
 	inflight inflight
 	// rootCAs verifies servers' certificates; nil means the system pool.
 	// Tests set it to trust their own server.
 	rootCAs *x509.CertPool
 }
 
-// New returns a sender stage. It creates (or updates) the JetStream KV
-// bucket "delivered" that makes deliveries idempotent.
+// New returns a sender stage. It loads the tenants' DKIM keys (an
+// unusable key is an error) and creates (or updates) the JetStream KV
+// buckets "delivered", which makes deliveries idempotent, and
+// "sender-claims".
 func New(o Options) (*Service, error) {
 	if o.Bus == nil || o.Config == nil || o.Log == nil {
 		return nil, errors.New("sender: Bus, Config and Log are required")
@@ -157,22 +215,79 @@ func New(o Options) (*Service, error) {
 	if o.MaxLifetime <= 0 {
 		o.MaxLifetime = 5 * 24 * time.Hour
 	}
+	if o.MXPort <= 0 {
+		o.MXPort = 25
+	}
+	if o.DestinationConcurrency <= 0 {
+		o.DestinationConcurrency = 20
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 10 * time.Second
+	}
+	if o.KeyCheckInterval <= 0 {
+		o.KeyCheckInterval = 10 * time.Second
+	}
+	if o.ClaimTTL <= 0 {
+		o.ClaimTTL = o.AckWait
+	}
+	if o.KVReplicas <= 0 {
+		o.KVReplicas = 1
+	}
+	if o.Resolver == nil {
+		if r, err := resolver.FromSystem(); err == nil {
+			o.Resolver = r
+		} else {
+			o.Log.Warn("no DNS resolver: mail for tenants without servers waits until a relayhost is set", "err", err)
+		}
+	}
+	keys, err := newKeyring(o.Config, o.ConfigPath, o.KeyCheckInterval, o.Log)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	kv, err := o.Bus.JetStream().CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      deliveredBucket,
 		Description: "chattermail sender: ids of mails a server accepted, with its reply",
 		TTL:         deliveredTTL,
+		Replicas:    o.KVReplicas,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sender: KV bucket %s: %w", deliveredBucket, err)
 	}
-	return &Service{o: o, kv: kv}, nil
+	claims, err := o.Bus.JetStream().CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      claimsBucket,
+		Description: "chattermail sender: mails a worker is delivering right now",
+		TTL:         o.ClaimTTL,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    o.KVReplicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sender: KV bucket %s: %w", claimsBucket, err)
+	}
+	host, _ := os.Hostname()
+	return &Service{
+		o: o, kv: kv, claims: claims, keys: keys,
+		holder: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), bus.NewCorrelationID()[:8]),
+		pool:   newPool(o.DestinationConcurrency, o.IdleTimeout, min(o.CommandTimeout, 10*time.Second)),
+	}, nil
 }
 
-// Run consumes mail.ready.* until ctx is done, then lets the deliveries in
-// progress finish.
+// Run consumes mail.ready.* until ctx is done. Then it stops fetching,
+// lets the deliveries in progress finish (their mails are acked, or
+// handed back with a retry), and closes the pooled connections with QUIT.
+// Every sender replica runs the same durable consumer, "sender".
 func (s *Service) Run(ctx context.Context) error {
+	pctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	reaped := make(chan struct{})
+	go func() {
+		defer close(reaped)
+		s.pool.run(pctx)
+	}()
+	defer func() {
+		stop()
+		<-reaped
+	}()
 	return s.o.Bus.Consume(ctx, bus.ConsumerSpec{
 		Stream:  bus.StreamReady,
 		Durable: Stage,
@@ -208,12 +323,21 @@ func (s *Service) handle(ctx context.Context, d *bus.Delivery) error {
 	}
 	log := s.o.Log.With("tenant", m.GetTenant(), "mail_id", m.GetMailId(), "attempt", d.Attempt)
 
-	// Two copies of one mail handled here at once must not both pass the
-	// delivered-set check.
+	// Two copies of one mail handled at once, here or by another replica,
+	// must not both pass the delivered-set check.
 	unlock := s.inflight.lock(m.GetMailId())
 	defer unlock()
-
 	key := deliveredKey(m.GetMailId())
+	release, err := s.claim(ctx, key)
+	if errors.Is(err, ErrClaimed) {
+		log.Info("held by another sender; retrying later", "err", err)
+		return bus.RetryAfter(err, min(max(s.o.ClaimTTL/2, 100*time.Millisecond), 10*time.Second))
+	}
+	if err != nil {
+		return err
+	}
+	defer release()
+
 	entry, err := s.kv.Get(ctx, key)
 	switch {
 	case err == nil:
@@ -232,19 +356,26 @@ func (s *Service) handle(ctx context.Context, d *bus.Delivery) error {
 		if err != nil {
 			a = attempt{class: refused, err: err}
 		} else {
-			a = s.deliver(ctx, tg, m.GetEnvelope(), msg)
+			keys := s.keys.keysFor(t.ID, fromDomain(m.GetFrom().GetSendingAddress(), m.GetFrom().GetHeader()), t.AliasDomain)
+			if msg, err = signMessage(msg, keys); err != nil {
+				a = attempt{class: temporary, err: err}
+			} else {
+				a = s.deliver(ctx, tg, m.GetEnvelope(), msg)
+				a.dkim = describeKeys(keys)
+			}
 		}
 	}
 	return s.settle(ctx, log, &m, d, tg, a)
 }
 
 // target returns the server m goes to: the tenant's server named by the
-// From decision, or the relayhost when it names none.
+// From decision, or, when it names none, the relayhost, or without a
+// relayhost the MX hosts of the recipient's domain.
 func (s *Service) target(t *config.Tenant, m *cmv1.OutboundMail) (target, error) {
 	name := m.GetFrom().GetServer()
 	if name == "" {
 		if s.o.Relayhost == "" {
-			return target{name: "relayhost"}, ErrNoRelayhost
+			return target{name: "mx", mx: true, tls: config.TLSOpportunistic}, nil
 		}
 		host, port, _ := net.SplitHostPort(s.o.Relayhost)
 		p, _ := strconv.Atoi(port)
@@ -254,7 +385,7 @@ func (s *Service) target(t *config.Tenant, m *cmv1.OutboundMail) (target, error)
 	if srv == nil {
 		return target{}, fmt.Errorf("%w %q for tenant %s", ErrUnknownServer, name, t.ID)
 	}
-	return target{name: srv.Name, host: srv.Host, port: srv.Port, tls: srv.TLS, username: srv.Username, password: srv.Password}, nil
+	return target{name: srv.Name, tenant: t.ID, host: srv.Host, port: srv.Port, tls: srv.TLS, username: srv.Username, password: srv.Password}, nil
 }
 
 // settle reports an attempt and decides what happens to the ready message.
@@ -275,7 +406,7 @@ func (s *Service) settle(ctx context.Context, log *slog.Logger, m *cmv1.Outbound
 	case delivered:
 		rec := deliveredRecord{
 			Code: a.reply.GetCode(), EnhancedCode: a.reply.GetEnhancedCode(), Text: a.reply.GetText(),
-			Host: a.reply.GetHost(), Server: tg.name, Attempt: int32(d.Attempt), At: now.UTC(),
+			Host: a.reply.GetHost(), Server: tg.name, Attempt: int32(d.Attempt), At: now.UTC(), DKIM: a.dkim,
 		}
 		val, _ := json.Marshal(rec)
 		if err := persist(ctx, func() error {
@@ -339,6 +470,8 @@ type deliveredRecord struct {
 	Server       string    `json:"server"`
 	Attempt      int32     `json:"attempt"`
 	At           time.Time `json:"delivered_at"`
+	// DKIM lists the signatures the mail carried, as "d=… s=… a=…".
+	DKIM []string `json:"dkim,omitempty"`
 }
 
 func (r deliveredRecord) event(m *cmv1.OutboundMail) *cmv1.MailEvent {
@@ -347,6 +480,11 @@ func (r deliveredRecord) event(m *cmv1.OutboundMail) *cmv1.MailEvent {
 	e.Attempt = r.Attempt
 	e.Smtp = &cmv1.SMTPReply{Code: r.Code, EnhancedCode: r.EnhancedCode, Text: r.Text, Host: r.Host}
 	e.Reason = fmt.Sprintf("accepted by %s (server %q)", r.Host, r.Server)
+	if len(r.DKIM) > 0 {
+		e.Reason += "; DKIM " + strings.Join(r.DKIM, ", ")
+	} else {
+		e.Reason += "; not DKIM-signed"
+	}
 	return e
 }
 

@@ -540,17 +540,6 @@ func TestRelayhost(t *testing.T) {
 	}
 }
 
-func TestNoRelayhostDefers(t *testing.T) {
-	h := start(t, tenantsYAML(), Options{})
-	m := readyMail("m-nowhere", "")
-	m.Tenant = "solo"
-	h.publish(m, "m-nowhere:quota")
-	ev := h.next(cmv1.Outcome_OUTCOME_DEFERRED)
-	if !strings.Contains(ev.GetReason(), ErrNoRelayhost.Error()) {
-		t.Errorf("deferred reason = %q, want %q", ev.GetReason(), ErrNoRelayhost)
-	}
-}
-
 func TestUnrenderableMailFails(t *testing.T) {
 	capture := listen(t)
 	h := start(t, tenantsYAML(serverYAML("relay", capture.Addr(), "none", false)), Options{})
@@ -725,44 +714,61 @@ func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
 }
 
 func TestTLSAndAuth(t *testing.T) {
+	for _, reuse := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reuse=%v", reuse), func(t *testing.T) { testTLSAndAuth(t, reuse) })
+	}
+}
+
+func testTLSAndAuth(t *testing.T, reuse bool) {
 	cert, pool := selfSigned(t)
 	starttls := startTLSServer(t, cert, false)
 	implicit := startTLSServer(t, cert, true)
 	h := start(t, tenantsYAML(
 		serverYAML("submission", starttls.addr, "starttls", true),
 		serverYAML("smtps", implicit.addr, "implicit", true),
-	), Options{}, func(s *Service) { s.rootCAs = pool })
+	), Options{DisableConnectionReuse: !reuse}, func(s *Service) { s.rootCAs = pool })
 
 	for _, srv := range []struct {
 		name string
 		ts   *tlsServer
 	}{{"submission", starttls}, {"smtps", implicit}} {
-		h.publish(readyMail("m-"+srv.name, srv.name), "m-"+srv.name+":quota")
-		ev := h.next(cmv1.Outcome_OUTCOME_DELIVERED)
-		if ev.GetMailId() != "m-"+srv.name {
-			t.Errorf("delivered %s, want m-%s", ev.GetMailId(), srv.name)
+		for i := 1; i <= 2; i++ {
+			id := fmt.Sprintf("m-%s-%d", srv.name, i)
+			h.publish(readyMail(id, srv.name), id+":quota")
+			if ev := h.next(cmv1.Outcome_OUTCOME_DELIVERED); ev.GetMailId() != id {
+				t.Errorf("delivered %s, want %s", ev.GetMailId(), id)
+			}
+		}
+		// Two mails: one login per connection, so one when it is reused.
+		wantLogins := 2
+		if reuse {
+			wantLogins = 1
 		}
 		logins, tlsOK := srv.ts.state()
-		if len(logins) != 1 || logins[0] != "acme:"+testPassword || len(tlsOK) != 1 || !tlsOK[0] {
-			t.Errorf("server %s saw logins %q and messages over TLS %v; want one login and one message over TLS", srv.name, logins, tlsOK)
+		if len(logins) != wantLogins || logins[0] != "acme:"+testPassword || len(tlsOK) != 2 || !tlsOK[0] || !tlsOK[1] {
+			t.Errorf("server %s saw logins %q and messages over TLS %v; want %d logins and two messages over TLS", srv.name, logins, tlsOK, wantLogins)
 		}
 	}
 
 	// A refusal after login: the transcript shows the TLS session, with the
-	// AUTH line redacted.
+	// AUTH line redacted; on a reused connection, a summary of it.
 	starttls.mu.Lock()
 	starttls.reject = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "relay denied"}
 	starttls.mu.Unlock()
 	h.publish(readyMail("m-denied", "submission"), "m-denied:quota")
 	ev := h.next(cmv1.Outcome_OUTCOME_BOUNCED)
 	tr := ev.GetTranscript()
-	for _, want := range []string{"C: EHLO sender.test", "C: STARTTLS", "S: 220", "* TLS established", "certificate verified", "C: AUTH PLAIN <redacted>", "S: 235", "S: 550 5.7.1 relay denied"} {
-		if !strings.Contains(tr, want) {
-			t.Errorf("transcript lacks %q:\n%s", want, tr)
+	want := []string{"C: EHLO sender.test", "C: STARTTLS", "S: 220", "* TLS established", "certificate verified", "C: AUTH PLAIN <redacted>", "S: 235", "S: 550 5.7.1 relay denied"}
+	if reuse {
+		want = []string{"* reusing the connection to " + starttls.addr, "STARTTLS, TLS established", "certificate verified", "AUTH PLAIN accepted", "C: RSET", "S: 250", "S: 550 5.7.1 relay denied"}
+	}
+	for _, w := range want {
+		if !strings.Contains(tr, w) {
+			t.Errorf("transcript lacks %q:\n%s", w, tr)
 		}
 	}
-	if strings.Count(tr, "C: EHLO sender.test") != 2 {
-		t.Errorf("transcript has %d EHLO, want 2 (before and after STARTTLS):\n%s", strings.Count(tr, "C: EHLO"), tr)
+	if n := strings.Count(tr, "C: EHLO sender.test"); !reuse && n != 2 {
+		t.Errorf("transcript has %d EHLO, want 2 (before and after STARTTLS):\n%s", n, tr)
 	}
 	plain := base64.StdEncoding.EncodeToString([]byte("\x00acme\x00" + testPassword))
 	for _, secret := range []string{testPassword, plain} {

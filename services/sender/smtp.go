@@ -24,25 +24,36 @@ var (
 	// ErrClearTextAuth: the server has credentials but the connection is
 	// not encrypted; the sender never sends AUTH in clear text.
 	ErrClearTextAuth = errors.New("sender: refusing to send credentials over an unencrypted connection")
-	// ErrNoRelayhost: the mail names no server (its tenant has none) and
-	// no relayhost is configured.
-	ErrNoRelayhost = errors.New("sender: the mail names no server and no relayhost is configured")
 	// ErrUnknownServer: the mail names a server its tenant does not have.
 	ErrUnknownServer = errors.New("sender: unknown server")
 )
 
 // target is the server one mail is handed to.
 type target struct {
-	// name is the server's name in the tenants file, or "relayhost".
-	name     string
+	// name is the server's name in the tenants file, "relayhost" or "mx".
+	name string
+	// tenant owns the server; empty for the relayhost and MX hosts, whose
+	// connections any tenant's mail may share.
+	tenant   string
 	host     string
 	port     int
 	tls      string // one of config.TLSNone, TLSStartTLS, TLSOpportunistic, TLSImplicit
 	username string
 	password config.Secret
+	// mx: deliver to the MX hosts of the recipient's domain; host and
+	// port are then those of the MX host being tried.
+	mx bool
 }
 
 func (t target) addr() string { return net.JoinHostPort(t.host, strconv.Itoa(t.port)) }
+
+// poolKey names the connections a mail to t at addr may share: same
+// address, same TLS mode and, for a tenant's server, the same tenant and
+// server (its login), so that one tenant's authenticated session never
+// carries another tenant's mail.
+func (t target) poolKey(addr string) string {
+	return t.tenant + "|" + t.name + "|" + t.host + "|" + addr + "|" + t.tls
+}
 
 // class is what an attempt's result means for the mail (mail-rules §9).
 type class int
@@ -74,6 +85,8 @@ type attempt struct {
 	err error
 	// transcript is the SMTP conversation.
 	transcript string
+	// dkim describes the signatures the message carried.
+	dkim []string
 }
 
 // refusal marks an error as a local refusal (class refused).
@@ -169,49 +182,168 @@ func parseReplyText(text string) (enhanced, rest string) {
 	return first, after
 }
 
-// deliver makes one delivery attempt of msg to tg.
+// deliver makes one delivery attempt of msg to tg: to its server, or,
+// for a tenant without servers and without a relayhost, to the MX hosts
+// of the recipient's domain.
 func (s *Service) deliver(ctx context.Context, tg target, env *cmv1.Envelope, msg []byte) attempt {
 	tr := &transcript{}
-	reply, err := s.converse(ctx, tg, env, msg, tr)
+	var (
+		reply *cmv1.SMTPReply
+		err   error
+		host  = tg.host
+	)
+	if tg.mx {
+		reply, host, err = s.deliverMX(ctx, env, msg, tr)
+	} else {
+		reply, _, err = s.deliverTo(ctx, tg, tg.addr(), env, msg, tr)
+	}
 	a := attempt{class: classify(err), reply: reply, err: err, transcript: tr.String()}
 	if err != nil && a.reply == nil {
-		a.reply = replyOf(err, tg.host)
+		a.reply = replyOf(err, host)
 	}
 	return a
 }
 
-// converse runs one SMTP session (RFC 5321 §3.3): greeting, EHLO, STARTTLS
-// per the server's TLS mode (RFC 3207), AUTH PLAIN over TLS only (RFC 4954
-// §4, RFC 4616), MAIL, RCPT, DATA, QUIT. It returns the reply that
-// accepted the message.
-func (s *Service) converse(ctx context.Context, tg target, env *cmv1.Envelope, msg []byte, tr *transcript) (*cmv1.SMTPReply, error) {
+// deliverTo delivers msg to tg at addr over a pooled connection or a new
+// one, within the destination's concurrency cap. A pooled connection is
+// probed with RSET (RFC 5321 §4.1.1.5) first; when it turns out broken,
+// before or during the transaction, the mail is sent once more on a
+// fresh connection, within the same attempt. opened reports whether a
+// session got as far as MAIL FROM: when it did not, an MX delivery tries
+// the next address.
+func (s *Service) deliverTo(ctx context.Context, tg target, addr string, env *cmv1.Envelope, msg []byte, tr *transcript) (reply *cmv1.SMTPReply, opened bool, err error) {
 	if tg.username != "" && tg.tls == config.TLSNone {
-		return nil, &refusal{fmt.Errorf("%w: server %q has credentials but tls: none", ErrClearTextAuth, tg.name)}
+		return nil, false, &refusal{fmt.Errorf("%w: server %q has credentials but tls: none", ErrClearTextAuth, tg.name)}
 	}
-	addr := tg.addr()
-	d := net.Dialer{Timeout: s.o.DialTimeout}
-	raw, err := d.DialContext(ctx, "tcp", addr)
+	key := tg.poolKey(addr)
+	d, err := s.pool.acquire(ctx, key)
+	if err != nil {
+		return nil, false, fmt.Errorf("sender: waiting for a connection slot to %s: %w", addr, err)
+	}
+	defer s.pool.release(d)
+
+	sess, reused := s.pool.takeIdle(d), false
+	if sess != nil {
+		sess.use(tr)
+		tr.note("reusing the connection to %s for server %q (tls %s; %s; %d mails sent on it, idle %s)", sess.where, tg.name, tg.tls,
+			strings.Join(sess.setup, "; "), sess.mails, time.Since(sess.idleSince).Round(time.Millisecond))
+		if err := sess.rset(min(s.o.CommandTimeout, rsetTimeout)); err != nil {
+			tr.note("the pooled connection is broken (%v); opening a fresh one", err)
+			sess.close()
+			sess = nil
+		} else {
+			reused = true
+		}
+	}
+	if sess == nil {
+		if sess, err = s.open(ctx, tg, addr, tr); err != nil {
+			return nil, false, err
+		}
+	}
+	reply, err = sess.send(ctx, tg, env, msg)
+	if err != nil && reused && broken(err) {
+		// A connection the server dropped while it sat in the pool is not
+		// the mail's fault: retry once on a fresh one, same attempt.
+		tr.note("the pooled connection broke (%v); retrying once on a fresh connection", err)
+		sess.close()
+		if sess, err = s.open(ctx, tg, addr, tr); err != nil {
+			return nil, false, err
+		}
+		reply, err = sess.send(ctx, tg, env, msg)
+	}
+	sess.mails++
+	switch usable := err == nil || !broken(err); {
+	case usable && !s.o.DisableConnectionReuse:
+		s.pool.put(d, sess)
+	default:
+		sess.quit(s.pool.quitTimeout, usable)
+	}
+	return reply, true, err
+}
+
+// rsetTimeout bounds the RSET that probes a pooled connection, like
+// Postfix's smtp_rset_timeout: a connection that does not answer it soon
+// is replaced rather than waited for.
+const rsetTimeout = 20 * time.Second
+
+// broken reports whether err leaves the connection unusable: no reply
+// (network error, timeout, a dropped connection) or a 421, with which the
+// server announces it closes the channel (RFC 5321 §3.8).
+func broken(err error) bool {
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) {
+		return true
+	}
+	return se.Code == 421
+}
+
+// session is an open SMTP connection after the greeting, EHLO, STARTTLS
+// and AUTH: ready for MAIL FROM. It carries one mail at a time.
+type session struct {
+	c *smtp.Client
+	// raw is the TCP connection; closing it ends the session.
+	raw net.Conn
+	// taps are the recorded layers (plain, then TLS): they follow the
+	// transcript of the mail in progress.
+	taps []*recordedConn
+	// cmd is the layer the client talks on, for commands sent outside
+	// go-smtp (RSET).
+	cmd   net.Conn
+	where string
+	// setup sums up how the session was opened (TLS, login), for the
+	// transcripts of the mails that reuse it.
+	setup     []string
+	idleSince time.Time
+	mails     int
+}
+
+// use points the session's transcript at tr.
+func (ss *session) use(tr *transcript) {
+	for _, t := range ss.taps {
+		t.use(tr)
+	}
+}
+
+// open connects to addr and runs the session up to MAIL FROM (RFC 5321
+// §3.3): greeting, EHLO, STARTTLS per the server's TLS mode (RFC 3207),
+// AUTH PLAIN or LOGIN over TLS only (RFC 4954 §4, RFC 4616).
+func (s *Service) open(ctx context.Context, tg target, addr string, tr *transcript) (*session, error) {
+	dl := net.Dialer{Timeout: s.o.DialTimeout}
+	raw, err := dl.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("sender: connect to %s (%s): %w", addr, tg.name, err)
 	}
-	defer raw.Close()
+	ok := false
+	defer func() {
+		if !ok {
+			raw.Close()
+		}
+	}()
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
 	where := addr
 	if remote := raw.RemoteAddr().String(); remote != addr {
 		where += " [" + remote + "]"
 	}
+	if tg.mx {
+		where = tg.host + " [" + addr + "]"
+	}
 	tr.note("connected to %s for server %q (tls %s)", where, tg.name, tg.tls)
 
+	ss := &session{raw: raw, where: where}
 	secure := false
 	plain := tr.wrap(raw)
-	conn := plain
+	ss.taps = append(ss.taps, plain)
+	conn := net.Conn(plain)
 	if tg.tls == config.TLSImplicit {
 		tc, err := s.handshake(raw, tg, tr)
 		if err != nil {
 			return nil, err
 		}
-		conn, secure = tr.wrap(tc), true
+		tap := tr.wrap(tc)
+		ss.taps = append(ss.taps, tap)
+		conn, secure = tap, true
+		ss.setup = append(ss.setup, "implicit "+tlsSummary(tc, tg.tls == config.TLSOpportunistic && tg.username == ""))
 	}
 	c := s.newClient(conn)
 	if err := c.Hello(s.o.HeloName); err != nil {
@@ -225,11 +357,15 @@ func (s *Service) converse(ctx context.Context, tg target, env *cmv1.Envelope, m
 				return nil, err
 			}
 			// RFC 3207 §4.2: the session starts over; EHLO again.
-			c = s.newClient(&greetedConn{Conn: tr.wrap(tc), greeting: []byte("220 " + tg.host + " TLS started\r\n")})
+			tap := tr.wrap(tc)
+			ss.taps = append(ss.taps, tap)
+			conn = tap
+			c = s.newClient(&greetedConn{Conn: tap, greeting: []byte("220 " + tg.host + " TLS started\r\n")})
 			if err := c.Hello(s.o.HeloName); err != nil {
 				return nil, &stepError{"EHLO after STARTTLS", tg.host, err}
 			}
 			secure = true
+			ss.setup = append(ss.setup, "STARTTLS, "+tlsSummary(tc, tg.tls == config.TLSOpportunistic && tg.username == ""))
 		} else if tg.tls == config.TLSStartTLS {
 			return nil, fmt.Errorf("sender: %s (%s) does not offer STARTTLS, which tls: starttls requires", addr, tg.name)
 		} else {
@@ -244,18 +380,43 @@ func (s *Service) converse(ctx context.Context, tg target, env *cmv1.Envelope, m
 			// password meanwhile.
 			return nil, fmt.Errorf("%w: %s (%s) did not offer STARTTLS", ErrClearTextAuth, addr, tg.name)
 		}
-		if !c.SupportsAuth(sasl.Plain) {
-			return nil, &authFailure{fmt.Errorf("sender: %s (%s) does not offer AUTH PLAIN", addr, tg.name)}
+		var (
+			mech   string
+			client sasl.Client
+		)
+		switch {
+		case c.SupportsAuth(sasl.Plain):
+			mech, client = sasl.Plain, sasl.NewPlainClient("", tg.username, string(tg.password))
+		case c.SupportsAuth(sasl.Login):
+			// LOGIN (draft-murchison-sasl-login) for servers that offer
+			// nothing else, such as older Exchange relays.
+			mech, client = sasl.Login, sasl.NewLoginClient(tg.username, string(tg.password))
+		default:
+			return nil, &authFailure{fmt.Errorf("sender: %s (%s) offers neither AUTH PLAIN nor AUTH LOGIN", addr, tg.name)}
 		}
-		if err := c.Auth(sasl.NewPlainClient("", tg.username, string(tg.password))); err != nil {
-			return nil, &authFailure{&stepError{"AUTH PLAIN", tg.host, err}}
+		if err := c.Auth(client); err != nil {
+			return nil, &authFailure{&stepError{"AUTH " + mech, tg.host, err}}
 		}
+		ss.setup = append(ss.setup, "AUTH "+mech+" accepted")
 	}
+	if len(ss.setup) == 0 {
+		ss.setup = append(ss.setup, "no TLS")
+	}
+	ss.c, ss.cmd = c, conn
+	ok = true
+	return ss, nil
+}
 
+// send runs one mail transaction (RFC 5321 §3.3): MAIL, RCPT, DATA. It
+// returns the reply that accepted the message.
+func (ss *session) send(ctx context.Context, tg target, env *cmv1.Envelope, msg []byte) (*cmv1.SMTPReply, error) {
+	stop := context.AfterFunc(ctx, func() { ss.raw.Close() })
+	defer stop()
+	c := ss.c
 	opts := &smtp.MailOptions{Size: int64(len(msg))}
 	if !isASCII(env.GetMailFrom()) || !isASCII(env.GetRcptTo()) {
 		if ok, _ := c.Extension("SMTPUTF8"); !ok {
-			return nil, &refusal{fmt.Errorf("sender: the envelope has a non-ASCII address and %s does not offer SMTPUTF8", addr)}
+			return nil, &refusal{fmt.Errorf("sender: the envelope has a non-ASCII address and %s does not offer SMTPUTF8", ss.where)}
 		}
 		opts.UTF8 = true // RFC 6531 §3.4
 	}
@@ -272,24 +433,47 @@ func (s *Service) converse(ctx context.Context, tg target, env *cmv1.Envelope, m
 	if _, err := w.Write(msg); err != nil {
 		return nil, &stepError{"message transfer", tg.host, err}
 	}
-	var reply *cmv1.SMTPReply
 	resp, err := w.CloseWithResponse()
 	var se *smtp.SMTPError
 	switch {
 	case err == nil:
 		enh, text := parseReplyText(resp.StatusText)
-		reply = &cmv1.SMTPReply{Code: 250, EnhancedCode: enh, Text: text, Host: tg.host}
+		return &cmv1.SMTPReply{Code: 250, EnhancedCode: enh, Text: text, Host: tg.host}, nil
 	case errors.As(err, &se) && se.Code/100 == 2:
 		// Accepted with a code other than 250: still accepted.
-		reply = replyOf(err, tg.host)
+		return replyOf(err, tg.host), nil
 	default:
 		return nil, &stepError{"end of data", tg.host, err}
 	}
-	if err := c.Quit(); err != nil {
-		tr.note("QUIT failed after the message was accepted: %v", err)
-	}
-	return reply, nil
 }
+
+// rset sends RSET (RFC 5321 §4.1.1.5) and expects 250: it ends whatever
+// transaction a refused RCPT left open and proves a pooled connection is
+// still alive. go-smtp's Client.Reset would also send a new EHLO, so the
+// command is written here, as STARTTLS is.
+func (ss *session) rset(timeout time.Duration) error {
+	_ = ss.cmd.SetDeadline(time.Now().Add(timeout))
+	defer ss.cmd.SetDeadline(time.Time{})
+	if _, err := io.WriteString(ss.cmd, "RSET\r\n"); err != nil {
+		return err
+	}
+	// The server sends nothing unasked, so this reader reads the reply
+	// and nothing more.
+	_, _, err := textproto.NewReader(bufio.NewReaderSize(ss.cmd, 512)).ReadResponse(250)
+	return err
+}
+
+// quit ends the session politely (QUIT, RFC 5321 §4.1.1.10) when it is
+// still in a state to, and closes it.
+func (ss *session) quit(timeout time.Duration, polite bool) {
+	if polite {
+		ss.c.CommandTimeout = min(ss.c.CommandTimeout, timeout)
+		_ = ss.c.Quit()
+	}
+	ss.close()
+}
+
+func (ss *session) close() { _ = ss.raw.Close() }
 
 // positive treats a 2xx reply that go-smtp did not expect (a 251 where
 // it waits for 250) as the success it is (RFC 5321 §4.2.1).
@@ -354,13 +538,18 @@ func (s *Service) handshake(raw net.Conn, tg target, tr *transcript) (*tls.Conn,
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("sender: TLS handshake with %s (%s): %w", tg.addr(), tg.name, err)
 	}
+	tr.note("%s", tlsSummary(tc, cfg.InsecureSkipVerify))
+	return tc, nil
+}
+
+// tlsSummary describes an established TLS session for transcripts.
+func tlsSummary(tc *tls.Conn, unverified bool) string {
 	st := tc.ConnectionState()
 	verified := "certificate verified"
-	if cfg.InsecureSkipVerify {
+	if unverified {
 		verified = "certificate not verified (opportunistic)"
 	}
-	tr.note("TLS established: %s, %s, %s", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite), verified)
-	return tc, nil
+	return fmt.Sprintf("TLS established: %s, %s, %s", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite), verified)
 }
 
 // greetedConn replays a server greeting before the connection's own data,

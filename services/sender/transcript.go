@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // maxTranscript bounds a transcript, which travels inside a MailEvent.
@@ -40,24 +41,33 @@ const (
 )
 
 // wrap returns conn recording its traffic into t.
-func (t *transcript) wrap(conn net.Conn) net.Conn { return &recordedConn{Conn: conn, t: t} }
+func (t *transcript) wrap(conn net.Conn) *recordedConn {
+	c := &recordedConn{Conn: conn}
+	c.t.Store(t)
+	return c
+}
 
 // recordedConn is a net.Conn whose reads and writes are copied to a
-// transcript; deadlines and Close go to the wrapped connection.
+// transcript; deadlines and Close go to the wrapped connection. A pooled
+// connection carries several mails: use switches it to the next mail's
+// transcript.
 type recordedConn struct {
 	net.Conn
-	t *transcript
+	t atomic.Pointer[transcript]
 }
+
+// use makes the connection record into t from now on.
+func (c *recordedConn) use(t *transcript) { c.t.Store(t) }
 
 func (c *recordedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	c.t.record(received, p[:n])
+	c.t.Load().record(received, p[:n])
 	return n, err
 }
 
 func (c *recordedConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	c.t.record(sent, p[:n])
+	c.t.Load().record(sent, p[:n])
 	return n, err
 }
 

@@ -46,7 +46,8 @@ func TestClassify(t *testing.T) {
 		{&refusal{ErrClearTextAuth}, refused},
 		{fmt.Errorf("connect: %w", errors.New("connection refused")), temporary},
 		{fmt.Errorf("%w: STARTTLS not offered", ErrClearTextAuth), temporary},
-		{ErrNoRelayhost, temporary},
+		{ErrNoResolver, temporary},
+		{&smtp.SMTPError{Code: 556, EnhancedCode: smtp.EnhancedCode{5, 1, 10}}, permanent},
 	}
 	for _, tt := range tests {
 		if got := classify(tt.err); got != tt.want {

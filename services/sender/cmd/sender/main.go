@@ -11,10 +11,12 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/chattermail/chattermail/platform/proc"
+	"github.com/chattermail/chattermail/platform/resolver"
 	"github.com/chattermail/chattermail/services/sender"
 )
 
@@ -47,7 +49,29 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
-	relayhost := fs.String("relayhost", getenv("RELAYHOST"), "host:port receiving the mail of tenants without servers; empty defers such mail (RELAYHOST)")
+	idleTimeout, err := envDuration(getenv, "SENDER_IDLE_TIMEOUT", 10*time.Second)
+	if err != nil {
+		return err
+	}
+	keyCheck, err := envDuration(getenv, "SENDER_KEY_CHECK_INTERVAL", 10*time.Second)
+	if err != nil {
+		return err
+	}
+	concurrency, err := envInt(getenv, "SENDER_DESTINATION_CONCURRENCY", 20)
+	if err != nil {
+		return err
+	}
+	mxPort, err := envInt(getenv, "SENDER_MX_PORT", 25)
+	if err != nil {
+		return err
+	}
+	relayhost := fs.String("relayhost", getenv("RELAYHOST"), "host:port receiving the mail of tenants without servers; empty sends such mail directly to the recipients' MX hosts (RELAYHOST)")
+	dnsServers := fs.String("dns", getenv("SENDER_DNS"), "comma-separated host:port DNS servers for MX lookups; default those of /etc/resolv.conf (SENDER_DNS)")
+	fs.IntVar(&mxPort, "mx-port", mxPort, "port of MX hosts (SENDER_MX_PORT)")
+	fs.IntVar(&concurrency, "destination-concurrency", concurrency, "SMTP sessions open at once per destination, idle and busy (SENDER_DESTINATION_CONCURRENCY)")
+	fs.DurationVar(&idleTimeout, "idle-timeout", idleTimeout, "how long an SMTP session waits in the pool for its next mail (SENDER_IDLE_TIMEOUT)")
+	noReuse := fs.Bool("no-connection-reuse", getenv("SENDER_NO_CONNECTION_REUSE") != "", "close every SMTP session after its mail (SENDER_NO_CONNECTION_REUSE)")
+	fs.DurationVar(&keyCheck, "key-check-interval", keyCheck, "how often DKIM key files and the tenants file are checked for changes (SENDER_KEY_CHECK_INTERVAL)")
 	heloName := fs.String("helo-name", getenv("SENDER_HELO_NAME"), "name sent in EHLO; default the host name (SENDER_HELO_NAME)")
 	fs.IntVar(&workers, "workers", workers, "mails delivered at once (SENDER_WORKERS)")
 	fs.DurationVar(&retryBase, "retry-base", retryBase, "delay before the first retry of a deferred mail; doubles per attempt (SENDER_RETRY_BASE)")
@@ -61,15 +85,27 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
+	var res sender.Resolver
+	if *dnsServers != "" {
+		res = resolver.New(strings.Split(*dnsServers, ","), 0)
+	}
 	svc, err := sender.New(sender.Options{
 		Bus: p.Bus, Config: p.Config, Log: p.Log,
-		Workers:     workers,
-		Relayhost:   *relayhost,
-		HeloName:    *heloName,
-		RetryBase:   retryBase,
-		RetryMax:    retryMax,
-		MaxLifetime: maxLifetime,
-		AckWait:     *ackWait,
+		Workers:                workers,
+		Relayhost:              *relayhost,
+		Resolver:               res,
+		MXPort:                 mxPort,
+		HeloName:               *heloName,
+		RetryBase:              retryBase,
+		RetryMax:               retryMax,
+		MaxLifetime:            maxLifetime,
+		AckWait:                *ackWait,
+		DestinationConcurrency: concurrency,
+		IdleTimeout:            idleTimeout,
+		DisableConnectionReuse: *noReuse,
+		ConfigPath:             ps.ConfigPath,
+		KeyCheckInterval:       keyCheck,
+		KVReplicas:             ps.StreamReplicas,
 	})
 	if err != nil {
 		p.Bus.Close()
