@@ -18,8 +18,8 @@ import (
 	"github.com/chattermail/chattermail/platform/config"
 	"github.com/chattermail/chattermail/platform/dkimkey"
 	"github.com/chattermail/chattermail/platform/resolver"
+	"github.com/chattermail/chattermail/services/rewrite"
 	"github.com/emersion/go-msgauth/dmarc"
-	"golang.org/x/net/publicsuffix"
 )
 
 // Status is a check's verdict.
@@ -279,9 +279,9 @@ func keyKind(k crypto.Signer) string {
 func (c *Checker) checkDMARC(ctx context.Context, r *Report, id Identity, spfOK bool, dkimDomains []string) {
 	from := domainOf(id.From)
 	rec, name, err := c.lookupDMARC(ctx, from)
-	org := orgDomain(from)
-	spfAligned := spfOK && orgDomain(domainOf(id.EnvelopeFrom)) == org
-	dkimAligned := slices.ContainsFunc(dkimDomains, func(d string) bool { return orgDomain(d) == org })
+	org := rewrite.OrganizationalDomain(from)
+	spfAligned := spfOK && rewrite.OrganizationalDomain(domainOf(id.EnvelopeFrom)) == org
+	dkimAligned := slices.ContainsFunc(dkimDomains, func(d string) bool { return rewrite.OrganizationalDomain(d) == org })
 	aligned := spfAligned || dkimAligned
 	how := alignment(spfAligned, dkimAligned)
 	switch {
@@ -315,7 +315,7 @@ func alignment(spfAligned, dkimAligned bool) string {
 
 func (c *Checker) lookupDMARC(ctx context.Context, domain string) (*dmarc.Record, string, error) {
 	names := []string{"_dmarc." + domain}
-	if org := orgDomain(domain); org != domain {
+	if org := rewrite.OrganizationalDomain(domain); org != domain {
 		names = append(names, "_dmarc."+org)
 	}
 	var lastErr error
@@ -371,14 +371,6 @@ func (c *Checker) checkMX(ctx context.Context, r *Report, t *config.Tenant) {
 func domainOf(addr string) string {
 	_, d, _ := strings.Cut(addr, "@")
 	return strings.ToLower(d)
-}
-
-func orgDomain(d string) string {
-	org, err := publicsuffix.EffectiveTLDPlusOne(d)
-	if err != nil {
-		return d
-	}
-	return org
 }
 
 // spfResolver adapts a resolver.Resolver to the lookups blitiri.com.ar/go/spf
