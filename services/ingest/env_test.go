@@ -27,7 +27,12 @@ import (
 const (
 	acmeKey   = "acme-secret-api-key"
 	globexKey = "globex-secret-api-key"
+	// sharedKey is valid for both tenants.
+	sharedKey = "shared-secret-api-key"
 )
+
+// testUnsubscribeKey signs the unsubscribe links of the test services.
+const testUnsubscribeKey = "0123456789abcdef0123456789abcdef-test"
 
 // clock is the fixed time every test service sees.
 var clock = time.Date(2026, 11, 24, 9, 30, 0, 0, time.UTC)
@@ -35,7 +40,7 @@ var clock = time.Date(2026, 11, 24, 9, 30, 0, 0, time.UTC)
 // env is one ingest service on its own in-process NATS server, with its
 // HTTP API on a real loopback listener.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	nats *server.Server
 	bus  *bus.Bus
 	cfg  *config.Config
@@ -44,7 +49,7 @@ type env struct {
 	logs *syncBuffer
 }
 
-func newEnv(t *testing.T, change ...func(*ingest.Options)) *env {
+func newEnv(t testing.TB, change ...func(*ingest.Options)) *env {
 	t.Helper()
 	ns := testenv.NATS(t)
 	logs := &syncBuffer{}
@@ -61,15 +66,16 @@ func newEnv(t *testing.T, change ...func(*ingest.Options)) *env {
 tenants:
   acme:
     alias_domain: example.com
-    api_keys: [%q]
+    api_keys: [%q, %q]
   globex:
     alias_domain: globex.test
-    api_keys: [%q]
-`, config.APIKeyDigest(acmeKey), config.APIKeyDigest(globexKey)), "")
+    api_keys: [%q, %q]
+`, config.APIKeyDigest(acmeKey), config.APIKeyDigest(sharedKey), config.APIKeyDigest(globexKey), config.APIKeyDigest(sharedKey)), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := ingest.Options{Bus: b, Config: cfg, Log: log, Now: func() time.Time { return clock }}
+	o := ingest.Options{Bus: b, Config: cfg, Log: log, Now: func() time.Time { return clock },
+		PublicURL: "https://chattermail.example.com", UnsubscribeKey: []byte(testUnsubscribeKey)}
 	for _, c := range change {
 		c(&o)
 	}
@@ -81,6 +87,10 @@ tenants:
 	t.Cleanup(hs.Close)
 	return &env{t: t, nats: ns, bus: b, cfg: cfg, svc: svc, http: hs, logs: logs}
 }
+
+// noWait makes the HTTP API answer as soon as a post is stored, for tests
+// that do not run the fan-out.
+func noWait(o *ingest.Options) { o.FanOutWait = -1 }
 
 // run starts the POSTS consumer until the test ends.
 func (e *env) run() {
@@ -131,7 +141,7 @@ func (e *env) publishPost(subject string, data []byte) {
 	}
 }
 
-func marshal(t *testing.T, m proto.Message) []byte {
+func marshal(t testing.TB, m proto.Message) []byte {
 	t.Helper()
 	b, err := proto.Marshal(m)
 	if err != nil {
@@ -188,7 +198,7 @@ func (e *env) msgs(stream, subject string) []*jetstream.RawStreamMsg {
 func decode[T any, P interface {
 	*T
 	proto.Message
-}](t *testing.T, msgs []*jetstream.RawStreamMsg) []P {
+}](t testing.TB, msgs []*jetstream.RawStreamMsg) []P {
 	t.Helper()
 	out := make([]P, 0, len(msgs))
 	for _, m := range msgs {
@@ -205,7 +215,7 @@ func decode[T any, P interface {
 func (e *env) assertLogsClean(secrets ...string) {
 	e.t.Helper()
 	logs := e.logs.String()
-	for _, s := range append(secrets, acmeKey, globexKey) {
+	for _, s := range append(secrets, acmeKey, globexKey, sharedKey) {
 		if strings.Contains(logs, s) {
 			e.t.Errorf("logs contain %q, which must never be logged:\n%s", s, logs)
 		}

@@ -16,6 +16,7 @@ import (
 	cmv1 "github.com/chattermail/chattermail/proto/chattermail/v1"
 	"github.com/chattermail/chattermail/services/ingest"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 var mailIDRE = regexp.MustCompile(`^[a-z0-9-]+$`)
@@ -49,8 +50,11 @@ func TestFanOutThroughHTTP(t *testing.T) {
 		return nil
 	})
 
+	// Fan-out publishes a post's mails concurrently: order them by
+	// recipient.
 	raw := e.msgs(bus.StreamCompose, "mail.compose.acme")
 	mails := decode[cmv1.OutboundMail](t, raw)
+	sortByRecipient(raw, mails, func(m *cmv1.OutboundMail) string { return m.GetRecipient().GetEmail() })
 	var got []string
 	for _, m := range mails {
 		got = append(got, m.GetRecipient().GetEmail())
@@ -92,7 +96,9 @@ func TestFanOutThroughHTTP(t *testing.T) {
 		t.Errorf("both mails have mail_id %q, want one per recipient", mails[0].GetMailId())
 	}
 
-	evs := decode[cmv1.MailEvent](t, e.msgs(bus.StreamEvents, "events.mail.acme.composed"))
+	rawEvs := e.msgs(bus.StreamEvents, "events.mail.acme.composed")
+	evs := decode[cmv1.MailEvent](t, rawEvs)
+	sortByRecipient(rawEvs, evs, func(ev *cmv1.MailEvent) string { return ev.GetRecipient() })
 	if len(evs) != 2 {
 		t.Fatalf("events.mail.acme.composed holds %d events, want 2", len(evs))
 	}
@@ -107,6 +113,19 @@ func TestFanOutThroughHTTP(t *testing.T) {
 		t.Errorf("no log line names post %s:\n%s", a.PostID, e.logs.String())
 	}
 	e.assertLogsClean("secret price", "<p>Hi all</p>")
+}
+
+// sortByRecipient sorts msgs and their raw messages by recipient.
+func sortByRecipient[M any](raw []*jetstream.RawStreamMsg, msgs []M, rcpt func(M) string) {
+	idx := make([]int, len(msgs))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return strings.Compare(rcpt(msgs[a]), rcpt(msgs[b])) })
+	r2, m2 := slices.Clone(raw), slices.Clone(msgs)
+	for i, j := range idx {
+		raw[i], msgs[i] = r2[j], m2[j]
+	}
 }
 
 // postBy returns a post from bob on crm.lead/42 with the given followers.
@@ -187,6 +206,8 @@ func TestFanOutFromBus(t *testing.T) {
 					t.Errorf("inbox notification on %s has user %q, want the subject's last token", raw[i].Subject, n.GetUser())
 				}
 			}
+			slices.Sort(gotMail)
+			slices.Sort(gotInbox)
 			if !slices.Equal(gotMail, tt.wantMail) || !slices.Equal(gotInbox, tt.wantInbox) {
 				t.Errorf("fan-out(%s) = mail %q inbox %q, want mail %q inbox %q", tt.name, gotMail, gotInbox, tt.wantMail, tt.wantInbox)
 			}

@@ -49,7 +49,7 @@ type chunked struct{ io.Reader }
 var postIDRE = regexp.MustCompile(`^[a-z2-7]{26}$`)
 
 func TestPostStatus(t *testing.T) {
-	e := newEnv(t, func(o *ingest.Options) { o.MaxBodyBytes = 4096 })
+	e := newEnv(t, noWait, func(o *ingest.Options) { o.MaxBodyBytes = 4096 })
 	big := withField(t, "bodyText", strings.Repeat("x", 5000))
 	tests := []struct {
 		name   string
@@ -118,7 +118,7 @@ func TestPostStatus(t *testing.T) {
 }
 
 func TestPostStoresThePost(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, noWait)
 	status, _, body := e.post(acmeKey, strings.NewReader(withField(t, "postId", "chosen-by-client")), "traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
 	if status != http.StatusAccepted {
 		t.Fatalf("POST /v1/posts = %d %s, want 202", status, body)
@@ -156,16 +156,15 @@ func TestPostStoresThePost(t *testing.T) {
 }
 
 func TestPostIdempotencyKey(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, noWait)
 	var ids []string
 	for _, req := range []struct {
 		body   string
 		header []string
 	}{
 		{sampleBody, []string{"Idempotency-Key", "order-7"}},
-		{sampleBody, []string{"Idempotency-Key", `"order-7"`}},                           // structured-field string form
-		{withField(t, "idempotency_key", "order-7"), nil},                                // field instead of header
-		{withField(t, "subject", "Hello again"), []string{"Idempotency-Key", "order-7"}}, // a retry wins nothing new
+		{sampleBody, []string{"Idempotency-Key", `"order-7"`}}, // structured-field string form
+		{withField(t, "idempotency_key", "order-7"), nil},      // field instead of header
 	} {
 		status, _, body := e.post(acmeKey, strings.NewReader(req.body), req.header...)
 		if status != http.StatusAccepted {
@@ -186,9 +185,18 @@ func TestPostIdempotencyKey(t *testing.T) {
 		t.Errorf("POSTS holds %d posts after %d requests with one idempotency key, want 1", n, len(ids))
 	}
 
+	// The same key for a different post is a conflict: nothing is stored.
+	status, _, body := e.post(acmeKey, strings.NewReader(withField(t, "subject", "Hello again")), "Idempotency-Key", "order-7")
+	if status != http.StatusConflict || !strings.Contains(body, "Idempotency-Key") {
+		t.Errorf("POST /v1/posts with Idempotency-Key order-7 and another subject = %d %s, want 409", status, body)
+	}
+	if n := len(e.msgs(bus.StreamPosts, "")); n != 1 {
+		t.Errorf("POSTS holds %d posts after a conflicting key, want 1", n)
+	}
+
 	// The same key for another request without it, or for another
 	// tenant, is another post.
-	_, _, body := e.post(acmeKey, strings.NewReader(sampleBody))
+	_, _, body = e.post(acmeKey, strings.NewReader(sampleBody))
 	var a ingest.PostAnswer
 	_ = json.Unmarshal([]byte(body), &a)
 	if a.PostID == ids[0] {

@@ -3,19 +3,21 @@ package ingest
 import (
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base32"
 	"errors"
 	"fmt"
-	"net/mail"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/chattermail/chattermail/platform/bus"
 	"github.com/chattermail/chattermail/platform/config"
 	cmv1 "github.com/chattermail/chattermail/proto/chattermail/v1"
+	"github.com/chattermail/chattermail/services/ingest/internal/kvkey"
+	"github.com/chattermail/chattermail/services/ingest/threads"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Subtypes of a post with a meaning in fan-out (mail-rules §6).
@@ -26,23 +28,28 @@ const (
 	SubtypeNote = "note"
 )
 
-// MaxIdempotencyKeyLen is the longest idempotency key accepted.
-const MaxIdempotencyKeyLen = 255
+// Limits of a post's fields.
+const (
+	// MaxIdempotencyKeyLen is the longest idempotency key accepted.
+	MaxIdempotencyKeyLen = 255
+	// MaxModelLen is the longest thread.model accepted, in bytes.
+	MaxModelLen = 128
+	// MaxThreadIDLen is the longest thread.id accepted, in bytes.
+	MaxThreadIDLen = 256
+)
 
 // ErrInvalidPost wraps every reason a post is refused: the HTTP API
 // answers 422 with it, the POSTS consumer dead-letters the post with it.
 var ErrInvalidPost = errors.New("ingest: invalid post")
-
-// idEncoding renders ids: lower-case base32 without padding, so an id is
-// made of [a-z2-7] and is a valid NATS subject token and KV key fragment.
-var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 
 var (
 	postIDRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,99}$`)
 	userTokenRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 )
 
-func encodeID(b []byte) string { return strings.ToLower(idEncoding.EncodeToString(b)) }
+// encodeID renders ids: lower-case base32 without padding, so an id is
+// made of [a-z2-7] and is a valid NATS subject token and KV key fragment.
+func encodeID(b []byte) string { return kvkey.Encode(b) }
 
 // newPostID returns a random post id: 16 random bytes, 26 characters of
 // [a-z2-7].
@@ -71,10 +78,7 @@ func postIDForDelivery(tenant string, seq uint64, data []byte) string {
 }
 
 // shortHash is 10 bytes of SHA-256 of s: 16 characters of [a-z2-7].
-func shortHash(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return encodeID(sum[:10])
-}
+func shortHash(s string) string { return kvkey.Short(s) }
 
 // MessageID returns the RFC 5322 Message-ID, without angle brackets, that
 // every copy of post postID carries: "<post id>@<alias domain>"
@@ -117,39 +121,7 @@ func InboxUser(p *cmv1.Partner) string {
 // and returns its matching form (mail-rules §2): the domain lower-cased,
 // the local part lower-cased only when it is ASCII. The normalised form is
 // for comparing addresses; mail still goes to the address as written.
-func NormalizeAddress(s string) (string, error) {
-	if s == "" {
-		return "", errors.New("is required")
-	}
-	if strings.ContainsAny(s, "\r\n\x00") {
-		return "", errors.New("must not contain CR, LF or NUL")
-	}
-	a, err := mail.ParseAddress(s)
-	if err != nil {
-		return "", fmt.Errorf("%q is not exactly one email address: %v", s, err)
-	}
-	if a.Name != "" || a.Address != s {
-		return "", fmt.Errorf("%q must be exactly one plain address like name@example.com, without display name", s)
-	}
-	at := strings.LastIndexByte(s, '@')
-	if at <= 0 {
-		return "", fmt.Errorf("%q is not exactly one email address", s)
-	}
-	local, domain := s[:at], strings.ToLower(s[at+1:])
-	if isASCII(local) {
-		local = strings.ToLower(local)
-	}
-	return local + "@" + domain, nil
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
+func NormalizeAddress(s string) (string, error) { return kvkey.NormalizeAddress(s) }
 
 // Validate checks everything a post must satisfy before it is fanned out,
 // and returns an error wrapping ErrInvalidPost that names the field and
@@ -157,7 +129,8 @@ func isASCII(s string) bool {
 //
 //   - tenant is a valid tenant id (the configuration is checked apart);
 //   - post_id, when set, is 1-100 characters of a-z, 0-9 and '-';
-//   - thread.model and thread.id are set, without control characters;
+//   - thread.model (at most 128 bytes) and thread.id (at most 256 bytes)
+//     are set, without control characters;
 //   - author.email and every follower's and recipient's email are exactly
 //     one plain address without CR, LF or NUL (mail-rules §4), and no
 //     partner name holds CR, LF or NUL;
@@ -181,20 +154,8 @@ func validate(p *cmv1.ChatterPost) error {
 	if id := p.GetPostId(); id != "" && !postIDRE.MatchString(id) {
 		return fmt.Errorf("post_id %q must be 1-100 characters of a-z, 0-9 and '-', starting with a letter or digit", id)
 	}
-	th := p.GetThread()
-	switch {
-	case th == nil:
-		return errors.New("thread is required")
-	case strings.TrimSpace(th.GetModel()) == "":
-		return errors.New("thread.model is required")
-	case strings.TrimSpace(th.GetId()) == "":
-		return errors.New("thread.id is required")
-	case hasControl(th.GetModel()):
-		return errors.New("thread.model must not contain control characters")
-	case hasControl(th.GetId()):
-		return errors.New("thread.id must not contain control characters")
-	case hasLineBreak(th.GetDisplayName()):
-		return errors.New("thread.display_name must not contain CR, LF or NUL")
+	if err := checkThread(p.GetThread()); err != nil {
+		return err
 	}
 	if p.GetAuthor() == nil {
 		return errors.New("author is required")
@@ -234,6 +195,30 @@ func validate(p *cmv1.ChatterPost) error {
 	}
 	if err := checkIdempotencyKey(p.GetIdempotencyKey()); err != nil {
 		return errors.New("idempotency_key " + err.Error())
+	}
+	return nil
+}
+
+// checkThread checks a thread reference: model and id set, within their
+// lengths, without control characters.
+func checkThread(th *cmv1.ThreadRef) error {
+	switch {
+	case th == nil:
+		return errors.New("thread is required")
+	case strings.TrimSpace(th.GetModel()) == "":
+		return errors.New("thread.model is required")
+	case strings.TrimSpace(th.GetId()) == "":
+		return errors.New("thread.id is required")
+	case hasControl(th.GetModel()):
+		return errors.New("thread.model must not contain control characters")
+	case hasControl(th.GetId()):
+		return errors.New("thread.id must not contain control characters")
+	case len(th.GetModel()) > MaxModelLen:
+		return fmt.Errorf("thread.model must be at most %d bytes", MaxModelLen)
+	case len(th.GetId()) > MaxThreadIDLen:
+		return fmt.Errorf("thread.id must be at most %d bytes", MaxThreadIDLen)
+	case hasLineBreak(th.GetDisplayName()):
+		return errors.New("thread.display_name must not contain CR, LF or NUL")
 	}
 	return nil
 }
@@ -306,22 +291,25 @@ type recipient struct {
 	inbox bool
 }
 
-// recipients lists whom a valid post notifies (mail-rules §6), in order:
-// the followers (unless inactive, or subscribed to other subtypes only),
-// then the partners the post names. Each address appears once, the first
-// occurrence winning; an inactive follower's address is never notified;
-// the author is left out unless NotifyAuthor; a note only reaches internal
-// partners. Internal followers with the inbox preference are marked for an
-// in-app notification; external partners always get email.
-func recipients(p *cmv1.ChatterPost) []recipient {
+// recipients lists whom a valid post notifies (mail-rules §6), given the
+// thread's followers after the post's own followers were merged in: the
+// active followers subscribed to the post's subtype, in the order they
+// followed, then the partners the post names. Each address appears once,
+// the first occurrence winning; an inactive follower's address is never
+// notified, not even when named; the author is left out unless
+// NotifyAuthor; a note only reaches internal partners. Internal followers
+// with the inbox preference are marked for an in-app notification;
+// external partners always get email. Suppressed addresses are left to
+// the caller.
+func recipients(p *cmv1.ChatterPost, followers []threads.Follower) []recipient {
 	subtype := p.GetSubtype()
 	if subtype == "" {
 		subtype = SubtypeComment
 	}
 	excluded := map[string]bool{}
-	for _, f := range p.GetFollowers() {
-		if f.GetInactive() {
-			if a, err := NormalizeAddress(f.GetPartner().GetEmail()); err == nil {
+	for _, f := range followers {
+		if !f.Active {
+			if a, err := NormalizeAddress(f.Email); err == nil {
 				excluded[a] = true
 			}
 		}
@@ -331,8 +319,8 @@ func recipients(p *cmv1.ChatterPost) []recipient {
 			excluded[a] = true
 		}
 	}
-	seen := map[string]bool{}
-	var out []recipient
+	seen := make(map[string]bool, len(followers)+len(p.GetRecipients()))
+	out := make([]recipient, 0, len(followers)+len(p.GetRecipients()))
 	add := func(pt *cmv1.Partner, inbox bool) {
 		addr, err := NormalizeAddress(pt.GetEmail())
 		if err != nil || excluded[addr] || seen[addr] {
@@ -344,17 +332,33 @@ func recipients(p *cmv1.ChatterPost) []recipient {
 		seen[addr] = true
 		out = append(out, recipient{partner: pt, addr: addr, inbox: inbox && pt.GetInternal()})
 	}
-	for _, f := range p.GetFollowers() {
-		if f.GetInactive() {
+	for _, f := range followers {
+		if !f.Active {
 			continue
 		}
-		if subs := f.GetSubtypes(); len(subs) > 0 && !slices.Contains(subs, subtype) {
+		if len(f.Subtypes) > 0 && !slices.Contains(f.Subtypes, subtype) {
 			continue
 		}
-		add(f.GetPartner(), f.GetPreference() == cmv1.NotificationPreference_NOTIFICATION_PREFERENCE_INBOX)
+		add(&cmv1.Partner{Name: f.Name, Email: f.Email, PartnerId: f.PartnerID, Internal: f.Internal}, f.Preference == threads.PreferenceInbox)
 	}
 	for _, r := range p.GetRecipients() {
 		add(r, false)
 	}
 	return out
 }
+
+// followerOf converts a follower carried by a post into a thread
+// follower.
+func followerOf(f *cmv1.Follower) threads.Follower {
+	pref := threads.PreferenceEmail
+	if f.GetPreference() == cmv1.NotificationPreference_NOTIFICATION_PREFERENCE_INBOX {
+		pref = threads.PreferenceInbox
+	}
+	pt := f.GetPartner()
+	return threads.Follower{
+		Email: pt.GetEmail(), Name: pt.GetName(), PartnerID: pt.GetPartnerId(), Internal: pt.GetInternal(),
+		Preference: pref, Subtypes: slices.Clone(f.GetSubtypes()), Active: !f.GetInactive(),
+	}
+}
+
+func nowpb(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }

@@ -6,9 +6,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chattermail/chattermail/platform/config"
 	cmv1 "github.com/chattermail/chattermail/proto/chattermail/v1"
+	"github.com/chattermail/chattermail/services/ingest/threads"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -145,12 +147,12 @@ func TestRecipients(t *testing.T) {
 			wantMail: []string{"bob@example.com", "ann@example.org"},
 		},
 		{
-			name: "followers and recipients are deduplicated by normalised address",
+			name: "followers and recipients are deduplicated by normalised address, the last follower update winning",
 			post: &cmv1.ChatterPost{Author: author,
 				Followers:  []*cmv1.Follower{follow(external("Ann@Example.ORG")), follow(external("ann@example.org"))},
 				Recipients: []*cmv1.Partner{external("ANN@EXAMPLE.ORG"), external("dan@example.net"), external("Dan@example.net")},
 			},
-			wantMail: []string{"Ann@Example.ORG", "dan@example.net"},
+			wantMail: []string{"ann@example.org", "dan@example.net"},
 		},
 		{
 			name: "a note only reaches internal partners",
@@ -196,8 +198,16 @@ func TestRecipients(t *testing.T) {
 		{name: "nobody to notify", post: &cmv1.ChatterPost{Author: author, Followers: []*cmv1.Follower{follow(author)}}},
 	}
 	for _, tt := range tests {
+		// The post's followers are merged into the thread first, as
+		// fan-out does.
+		var th threads.Thread
+		for _, f := range tt.post.GetFollowers() {
+			if _, _, err := th.Follow(followerOf(f), time.Now(), false); err != nil {
+				t.Fatal(err)
+			}
+		}
 		var gotMail, gotInbox []string
-		for _, r := range recipients(tt.post) {
+		for _, r := range recipients(tt.post, th.Followers) {
 			if r.inbox {
 				gotInbox = append(gotInbox, r.partner.GetEmail())
 			} else {

@@ -1,7 +1,9 @@
-// Command ingest runs the ingest stage: the public HTTP API that accepts
-// posts, and the consumer of chatter.post.<tenant> that fans each post out
-// into one mail per recipient. Settings come from flags, whose defaults
-// come from the environment (see -h).
+// Command ingest runs the ingest stage: the public HTTP API (posts,
+// threads and followers, mail status, the suppression list, one-click
+// unsubscribe), the api.post.<tenant> responder, the consumer of
+// chatter.post.<tenant> that fans each post out into one mail per
+// recipient, and the projector of mail status timelines. Settings come
+// from flags, whose defaults come from the environment (see -h).
 package main
 
 import (
@@ -35,7 +37,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	httpAddr := fs.String("http-addr", proc.Env(getenv, "HTTP_ADDR", "127.0.0.1:8080"), "public HTTP API listen address (HTTP_ADDR)")
 	workers := fs.Int("workers", 4, "posts fanned out at once")
 	maxBody := fs.Int64("max-body-bytes", 1<<20, "largest HTTP request body accepted")
+	publicURL := fs.String("public-url", proc.Env(getenv, "PUBLIC_URL", ingest.DefaultPublicURL), "base URL of this API as seen from the Internet, for the unsubscribe links in mail; https in production (PUBLIC_URL)")
+	keyFile := fs.String("unsubscribe-key-file", getenv("UNSUBSCRIBE_KEY_FILE"), "file holding the key (32 bytes or more) that signs unsubscribe links; empty uses a public development key (UNSUBSCRIBE_KEY_FILE)")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	unsubscribeKey, err := ingest.LoadUnsubscribeKey(*keyFile)
+	if err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", *httpAddr)
@@ -47,7 +55,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		_ = ln.Close()
 		return err
 	}
-	svc, err := ingest.New(ingest.Options{Bus: p.Bus, Config: p.Config, Log: p.Log, Workers: *workers, MaxBodyBytes: *maxBody})
+	svc, err := ingest.New(ingest.Options{Bus: p.Bus, Config: p.Config, Log: p.Log, Workers: *workers, MaxBodyBytes: *maxBody,
+		KVReplicas: ps.StreamReplicas, PublicURL: *publicURL, UnsubscribeKey: unsubscribeKey})
 	if err != nil {
 		_ = ln.Close()
 		p.Bus.Close()

@@ -102,6 +102,15 @@ func TestRunBadFlag(t *testing.T) {
 	if err == nil || errors.Is(err, context.Canceled) {
 		t.Errorf("run(-http-addr 256.0.0.1:1) = %v, want a listen error", err)
 	}
+	short := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(short, []byte("too short\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"UNSUBSCRIBE_KEY_FILE": short}
+	err = run(context.Background(), nil, func(k string) string { return env[k] }, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "unsubscribe key") {
+		t.Errorf("run with UNSUBSCRIBE_KEY_FILE of 9 bytes = %v, want an unsubscribe key error", err)
+	}
 }
 
 type lockedBuffer struct {
