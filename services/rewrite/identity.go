@@ -215,6 +215,9 @@ type Explanation struct {
 	// DNSError is set when the DMARC lookup failed: the decision shown is
 	// then the one the stage makes after its last retry.
 	DNSError string `json:"dns_error,omitempty"`
+	// ConfigWarnings are the tenant's configuration problems that would
+	// make some of its mail fail DMARC (see Rules.Warnings).
+	ConfigWarnings []string `json:"config_warnings,omitempty"`
 }
 
 // Explain decides the identity of a mail by author (an address, with or
@@ -230,7 +233,7 @@ func (w *Rewriter) Explain(ctx context.Context, id, author string) (Explanation,
 	if err != nil {
 		return Explanation{}, err
 	}
-	e := Explanation{Tenant: id, Author: a.String()}
+	e := Explanation{Tenant: id, Author: a.String(), ConfigWarnings: r.Warnings()}
 	d, err := r.Decide(ctx, a, w.dmarc, DNSFailureError)
 	if errors.Is(err, ErrDMARCTemporary) {
 		e.DNSError = err.Error()

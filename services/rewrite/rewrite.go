@@ -129,6 +129,11 @@ func New(o Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, id := range o.Config.IDs() {
+		for _, w := range rw.Rules(id).Warnings() {
+			o.Log.Warn("configuration would fail DMARC", "tenant", id, "warning", w)
+		}
+	}
 	return &Service{o: o, rw: rw}, nil
 }
 
