@@ -5,6 +5,7 @@
 //	                      server, a local SMTP capture (see -h)
 //	chattermail rewrite   explain the From decision for an author
 //	chattermail quota     show and change tenants' daily limits
+//	chattermail suppression  list, add and clear suppressed addresses
 //	chattermail dkim      make DKIM keys and the records to publish
 //	chattermail domain    check SPF, DKIM, DMARC and MX of the tenants
 //	chattermail version   print the version
@@ -41,6 +42,7 @@ commands:
             and a local SMTP capture
   rewrite   explain: print the From, envelope and server chosen for an author
   quota     set, status: show and change a tenant's daily limit
+  suppression  list, add, clear: a tenant's suppressed addresses
   dkim      keygen: make a DKIM key and print the DNS record to publish
   domain    check: SPF, DKIM, DMARC and MX of each tenant, with fixes
   version   print the version
@@ -60,6 +62,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return runRewrite(ctx, args[1:], getenv, stdout)
 	case "quota":
 		return runQuota(ctx, args[1:], getenv, stdout)
+	case "suppression":
+		return runSuppression(ctx, args[1:], getenv, stdout)
 	case "dkim":
 		return runDKIM(ctx, args[1:], getenv, stdout)
 	case "domain":
