@@ -15,7 +15,10 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/chattermail/chattermail/platform/logging"
 	"github.com/chattermail/chattermail/platform/proc"
+	"github.com/chattermail/chattermail/platform/replytoken"
 	"github.com/chattermail/chattermail/platform/smtpcapture"
+	"github.com/chattermail/chattermail/services/ingest"
+	"github.com/chattermail/chattermail/services/rewrite"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/redis/go-redis/v9"
 )
@@ -31,7 +34,12 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	natsAddr := fs.String("nats-listen", proc.Env(getenv, "NATS_LISTEN", "127.0.0.1:14222"), "address of the embedded NATS server; other services publish chatter.post.<tenant> here (NATS_LISTEN)")
 	httpAddr := fs.String("http-addr", proc.Env(getenv, "HTTP_ADDR", "127.0.0.1:8080"), "HTTP API address (HTTP_ADDR)")
 	captureAddr := fs.String("capture-addr", proc.Env(getenv, "CAPTURE_ADDR", "127.0.0.1:2525"), "local SMTP capture address (CAPTURE_ADDR)")
+	smtpAddr := fs.String("smtp-addr", proc.Env(getenv, "SMTP_ADDR", "127.0.0.1:2526"), "inbound SMTP address for replies and bounces; empty disables it (SMTP_ADDR)")
 	redisURL := fs.String("redis-url", getenv("REDIS_URL"), "Redis URL; empty runs an in-memory store whose quotas are lost on exit (REDIS_URL)")
+	publicURL := fs.String("public-url", proc.Env(getenv, "PUBLIC_URL", ingest.DefaultPublicURL), "base URL of the HTTP API in the unsubscribe links of mail (PUBLIC_URL)")
+	unsubscribeKeyFile := fs.String("unsubscribe-key-file", getenv("UNSUBSCRIBE_KEY_FILE"), "file holding the key (32 bytes or more) that signs unsubscribe links; empty uses the PUBLIC development key (UNSUBSCRIBE_KEY_FILE)")
+	keysFile := fs.String("reply-token-keys", getenv(replytoken.EnvKeysFile), "file of reply/VERP token keys, \"<key id> <base64 key>\" per line; empty uses the PUBLIC development key (REPLY_TOKEN_KEYS_FILE)")
+	dnsServers := fs.String("dns", getenv("DNS_SERVERS"), "DNS servers for DMARC lookups, comma-separated host:port; empty uses /etc/resolv.conf (DNS_SERVERS)")
 	var ps proc.Settings
 	ps.Register(fs, getenv, "127.0.0.1:9090")
 	if err := fs.Parse(args); err != nil {
@@ -68,7 +76,25 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		return err
 	}
 	p.Admin.Handle("/captured/", http.StripPrefix("/captured", capture.Handler()))
-	pl, err := newPipeline(p, pipelineOptions{Redis: rdb, Relayhost: capture.Addr()})
+	keys, err := replytoken.Open(*keysFile, p.Log)
+	if err != nil {
+		return err
+	}
+	dns, err := rewrite.NewResolver(*dnsServers, 0)
+	if err != nil {
+		return err
+	}
+	unsubscribeKey, err := ingest.LoadUnsubscribeKey(*unsubscribeKeyFile)
+	if err != nil {
+		return err
+	}
+	var smtpLn net.Listener
+	if *smtpAddr != "" {
+		if smtpLn, err = net.Listen("tcp", *smtpAddr); err != nil {
+			return fmt.Errorf("dev: inbound smtp: %w", err)
+		}
+	}
+	pl, err := newPipeline(p, pipelineOptions{Redis: rdb, Relayhost: capture.Addr(), PublicURL: *publicURL, UnsubscribeKey: unsubscribeKey, ConfigPath: ps.ConfigPath, Tokens: keys, SMTPListener: smtpLn, Resolver: dns})
 	if err != nil {
 		return err
 	}
@@ -80,6 +106,7 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		"api", "http://"+httpLn.Addr().String()+"/v1/posts",
 		"captured_mail", "http://"+p.AdminAddr()+"/captured/",
 		"smtp_capture", capture.Addr(),
+		"inbound_smtp", *smtpAddr,
 		"nats", ns.ClientURL())
 	return pl.run(ctx, httpLn)
 }

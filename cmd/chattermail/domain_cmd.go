@@ -44,7 +44,7 @@ func runDomain(ctx context.Context, args []string, getenv func(string) string, s
 	cfgPath := fs.String("config", proc.Env(getenv, "CHATTERMAIL_CONFIG", "chattermail.yaml"), "tenants file (CHATTERMAIL_CONFIG)")
 	tenant := fs.String("tenant", "", "check one tenant; default every tenant")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
-	dnsAddr := fs.String("dns", "", "DNS server host:port; default the servers of /etc/resolv.conf")
+	dnsAddr := fs.String("dns", getenv("DNS_SERVERS"), "DNS servers, comma-separated host:port; empty uses /etc/resolv.conf (DNS_SERVERS)")
 	include := fs.String("spf-include", "", `mechanism to suggest for a missing SPF authorisation, e.g. "include:_spf.provider.net"; default ip4:/ip6: of the sending hosts`)
 	var ips ipList
 	fs.Var(&ips, "ip", "address mail leaves from for tenants without servers (repeatable)")
@@ -55,10 +55,8 @@ func runDomain(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	var dns resolver.Resolver
-	if *dnsAddr != "" {
-		dns = resolver.New([]string{*dnsAddr}, 5*time.Second)
-	} else if dns, err = resolver.FromSystem(); err != nil {
+	dns, err := resolver.FromList(*dnsAddr, 5*time.Second)
+	if err != nil {
 		return err
 	}
 	ids := cfg.IDs()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/chattermail/chattermail/platform/bus"
 	"github.com/chattermail/chattermail/platform/config"
+	"github.com/chattermail/chattermail/platform/replytoken"
 	"github.com/chattermail/chattermail/platform/smtpcapture"
 	cmv1 "github.com/chattermail/chattermail/proto/chattermail/v1"
 	"github.com/chattermail/chattermail/services/quota"
@@ -60,8 +61,17 @@ func checkSampleDelivery(t *testing.T, d *deps, a postAnswer) {
 
 func checkSampleMail(t *testing.T, m *smtpcapture.Message, a postAnswer) {
 	t.Helper()
-	if m.From != "bounce@example.com" {
-		t.Errorf("MAIL FROM = %q, want bounce@example.com", m.From)
+	// The envelope is the VERP form of the bounce address (mail-rules §4):
+	// bounce+<token>@example.com, the token naming tenant, mail and
+	// recipient. The test system signs with the development keys.
+	keys := replytoken.DevKeys()
+	local, domain, _ := strings.Cut(m.From, "@")
+	tok, ok := strings.CutPrefix(local, "bounce+")
+	if !ok || domain != "example.com" {
+		t.Errorf("MAIL FROM = %q, want bounce+<token>@example.com", m.From)
+	} else if c, err := keys.Verify(tok); err != nil || c.Kind != replytoken.KindBounce || c.Tenant != "acme" || c.Mail == "" ||
+		len(m.To) != 1 || c.Recipient != strings.ToLower(m.To[0]) {
+		t.Errorf("VERP token of %q = %+v, %v, want a bounce token for tenant acme, a mail and recipient %v", m.From, c, err, m.To)
 	}
 	h, err := m.Header()
 	if err != nil {
@@ -86,6 +96,21 @@ func checkSampleMail(t *testing.T, m *smtpcapture.Message, a postAnswer) {
 	}
 	if h.Get("Auto-Submitted") != "auto-generated" {
 		t.Errorf("Auto-Submitted = %q, want auto-generated", h.Get("Auto-Submitted"))
+	}
+	if h.Get("X-Auto-Response-Suppress") != "All" {
+		t.Errorf("X-Auto-Response-Suppress = %q, want All", h.Get("X-Auto-Response-Suppress"))
+	}
+	// Reply-To is reply+<token>@example.com, the token naming tenant,
+	// thread, message and recipient (mail-rules §6).
+	local, domain, _ = strings.Cut(h.Get("Reply-To"), "@")
+	tok, ok = strings.CutPrefix(local, "reply+")
+	want := replytoken.Claims{Kind: replytoken.KindReply, Tenant: "acme", ThreadModel: "crm.lead", ThreadID: "42",
+		Message: a.MessageID, KeyID: "dev"}
+	if len(m.To) == 1 {
+		want.Recipient = strings.ToLower(m.To[0])
+	}
+	if c, err := keys.Verify(tok); !ok || domain != "example.com" || err != nil || c != want {
+		t.Errorf("Reply-To %q carries %+v (%v), want reply+<token>@example.com with %+v", h.Get("Reply-To"), c, err, want)
 	}
 	text := mailText(t, m.Raw)
 	if !strings.Contains(text, "The customer signed. Thanks everyone!") {

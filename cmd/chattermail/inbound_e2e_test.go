@@ -32,7 +32,7 @@ func startInboundSystem(t *testing.T, d *deps) (base, smtpAddr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl, err := newPipeline(p, pipelineOptions{Redis: d.redis, SMTPListener: smtpLn})
+	pl, err := newPipeline(p, pipelineOptions{Redis: d.redis, SMTPListener: smtpLn, Resolver: d.resolver()})
 	if err != nil {
 		t.Fatal(err)
 	}

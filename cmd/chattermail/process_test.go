@@ -110,7 +110,7 @@ func startProcesses(t *testing.T, d *deps) (string, *service) {
 	t.Helper()
 	logs := newLogBuffer(t)
 	httpAddr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
-	common := []string{"NATS_URL=" + d.natsURL, "CHATTERMAIL_CONFIG=" + d.configPath, "LOG_LEVEL=debug"}
+	common := []string{"NATS_URL=" + d.natsURL, "CHATTERMAIL_CONFIG=" + d.configPath, "LOG_LEVEL=debug", "DNS_SERVERS=" + d.dns.Addr()}
 	svcs := []*service{
 		{name: "ingest", env: append([]string{"HTTP_ADDR=" + httpAddr}, common...)},
 		{name: "rewrite", env: common},

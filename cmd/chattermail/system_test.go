@@ -18,6 +18,7 @@ import (
 	"github.com/chattermail/chattermail/platform/bus"
 	"github.com/chattermail/chattermail/platform/config"
 	"github.com/chattermail/chattermail/platform/proc"
+	"github.com/chattermail/chattermail/platform/resolver"
 	"github.com/chattermail/chattermail/platform/smtpcapture"
 	"github.com/chattermail/chattermail/platform/testenv"
 	"github.com/nats-io/nats.go/jetstream"
@@ -62,7 +63,12 @@ type deps struct {
 	configPath string
 	redis      *redis.Client
 	js         jetstream.JetStream
+	// dns answers every lookup the system makes; tests never ask real DNS.
+	dns *testenv.DNSServer
 }
+
+// resolver asks d's DNS server.
+func (d *deps) resolver() resolver.Resolver { return resolver.New([]string{d.dns.Addr()}, time.Second) }
 
 // startDeps starts an in-process NATS server, a redis-server, an SMTP
 // capture, and writes a tenants file whose tenant "acme" (limit 200)
@@ -103,7 +109,7 @@ func startDepsLimit(t testing.TB, limit int) *deps {
 		t.Fatal(err)
 	}
 	t.Cleanup(nb.Close)
-	return &deps{natsURL: ns.ClientURL(), redisAddr: raddr, capture: capture, configPath: path, redis: rc, js: nb.JetStream()}
+	return &deps{natsURL: ns.ClientURL(), redisAddr: raddr, capture: capture, configPath: path, redis: rc, js: nb.JetStream(), dns: testenv.DNS(t)}
 }
 
 // startInProcess runs the four stages in this process, as "chattermail
@@ -116,7 +122,7 @@ func startInProcess(t testing.TB, d *deps) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl, err := newPipeline(p, pipelineOptions{Redis: d.redis})
+	pl, err := newPipeline(p, pipelineOptions{Redis: d.redis, Resolver: d.resolver()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,10 @@
 //	        tls: starttls
 //	        username: acme
 //	        password_file: /run/secrets/acme-smtp
+//	    pacing:                          # per recipient domain, this tenant's mail
+//	      - {domain: gmail.com, per_minute: 60}
+//	pacing:                              # per recipient domain, all tenants together
+//	  - {domain: outlook.com, per_minute: 600, burst: 20}
 //
 // Unknown keys are errors, so a misspelt setting never silently falls back
 // to a default.
@@ -39,6 +43,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/chattermail/chattermail/platform/bus"
 	"go.yaml.in/yaml/v3"
@@ -60,7 +65,33 @@ var ErrInvalid = errors.New("config: invalid")
 type Config struct {
 	// Tenants by id.
 	Tenants map[string]*Tenant `yaml:"tenants"`
+	// Pacing limits how fast mail of all tenants together goes to a
+	// recipient domain; optional. See Pacing.
+	Pacing []Pacing `yaml:"pacing"`
 }
+
+// Pacing is one rule of per-domain pacing: at most PerMinute mails a
+// minute to the recipient domain Domain (a mailbox provider), enforced by
+// the quota stage on top of the daily limit. Mail over the pace is
+// delayed, never failed. At the top of the file a rule counts the mail of
+// every tenant together; under a tenant, that tenant's mail only.
+//
+//	pacing:
+//	  - {domain: gmail.com, per_minute: 60}
+//	  - {domain: outlook.com, per_minute: 120, burst: 10}
+type Pacing struct {
+	// Domain is the recipient domain the rule applies to, exactly (not
+	// its subdomains); ASCII, case-insensitive. Required.
+	Domain string `yaml:"domain"`
+	// PerMinute is the steady rate, mails per minute; required, positive.
+	PerMinute int `yaml:"per_minute"`
+	// Burst is how many mails may leave at once before the steady rate
+	// applies; default 1 (mails evenly spaced, 60s/PerMinute apart).
+	Burst int `yaml:"burst"`
+}
+
+// Interval is the time between two mails at the steady rate.
+func (p Pacing) Interval() time.Duration { return time.Minute / time.Duration(p.PerMinute) }
 
 // Tenant is one tenant's settings (mail-rules §1).
 type Tenant struct {
@@ -84,12 +115,20 @@ type Tenant struct {
 	TimeZone string `yaml:"time_zone"`
 	// VERP turns per-recipient bounce addresses on or off; default on.
 	VERP *bool `yaml:"verp"`
+	// InboundAuth is what happens to an inbound reply whose authenticated
+	// sender (DMARC-aligned SPF or DKIM) is not the recipient its reply
+	// token was issued to: accept (post it), flag (post it marked as
+	// unverified; the default) or reject (drop it).
+	InboundAuth string `yaml:"inbound_auth"`
 	// APIKeys are "sha256:<hex>" digests of the tenant's API keys.
 	APIKeys []string `yaml:"api_keys"`
 	// Servers are the outgoing servers; they are sorted by Sequence.
 	Servers []*Server `yaml:"servers"`
 	// DKIM lists the signing keys.
 	DKIM []DKIMKey `yaml:"dkim"`
+	// Pacing limits how fast this tenant's mail goes to a recipient
+	// domain; optional. See Pacing.
+	Pacing []Pacing `yaml:"pacing"`
 
 	location *time.Location
 }
@@ -126,6 +165,13 @@ type DKIMKey struct {
 	// KeyFile is a PEM private key (PKCS#1 or PKCS#8).
 	KeyFile string `yaml:"key_file"`
 }
+
+// Values of Tenant.InboundAuth.
+const (
+	InboundAuthAccept = "accept"
+	InboundAuthFlag   = "flag"
+	InboundAuthReject = "reject"
+)
 
 // TLS modes of Server.TLS.
 const (
@@ -172,6 +218,9 @@ func Parse(data []byte, dir string) (*Config, error) {
 			return nil, fmt.Errorf("%w: tenant %q: %v", ErrInvalid, id, err)
 		}
 	}
+	if err := normalisePacing(c.Pacing); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
 	return &c, nil
 }
 
@@ -208,15 +257,26 @@ func (t *Tenant) normalise(dir string) error {
 		t.DefaultFrom = DefaultFrom
 	}
 	if strings.Contains(t.DefaultFrom, "@") {
-		if _, err := mail.ParseAddress(t.DefaultFrom); err != nil {
-			return fmt.Errorf("default_from %q: %v", t.DefaultFrom, err)
+		if !isPlainAddress(t.DefaultFrom) {
+			return fmt.Errorf("default_from %q is not an address like noreply@example.com (a plain address, without display name)", t.DefaultFrom)
 		}
+	} else if !isLocalPart(t.DefaultFrom) {
+		return fmt.Errorf("default_from %q is neither a local part like notifications nor an address like noreply@example.com", t.DefaultFrom)
 	}
 	if t.CatchallAlias == "" {
 		t.CatchallAlias = DefaultCatchallAlias
 	}
+	if !isLocalPart(t.CatchallAlias) {
+		return fmt.Errorf("catchall_alias %q is not a local part like catchall", t.CatchallAlias)
+	}
 	if t.BounceAlias == "" {
 		t.BounceAlias = DefaultBounceAlias
+	}
+	if !isLocalPart(t.BounceAlias) {
+		return fmt.Errorf("bounce_alias %q is not a local part like bounce", t.BounceAlias)
+	}
+	if err := checkFilter(t.DefaultFromFilter); err != nil {
+		return fmt.Errorf("default_from_filter: %v", err)
 	}
 	switch {
 	case t.DailyLimit == 0:
@@ -232,6 +292,13 @@ func (t *Tenant) normalise(dir string) error {
 		return fmt.Errorf("time_zone %q: %v", t.TimeZone, err)
 	}
 	t.location = loc
+	switch t.InboundAuth {
+	case "":
+		t.InboundAuth = InboundAuthFlag
+	case InboundAuthAccept, InboundAuthFlag, InboundAuthReject:
+	default:
+		return fmt.Errorf("inbound_auth %q must be accept, flag or reject", t.InboundAuth)
+	}
 	for _, k := range t.APIKeys {
 		if _, err := parseKeyDigest(k); err != nil {
 			return err
@@ -257,6 +324,9 @@ func (t *Tenant) normalise(dir string) error {
 		if k.Domain == "" || k.KeyFile == "" {
 			return fmt.Errorf("dkim[%d]: domain and key_file are required", i)
 		}
+		if !isDomainName(k.Domain) {
+			return fmt.Errorf("dkim[%d]: domain %q is not a domain name", i, k.Domain)
+		}
 		if k.Selector == "" {
 			k.Selector = DefaultDKIMSelector
 		}
@@ -268,6 +338,35 @@ func (t *Tenant) normalise(dir string) error {
 		}
 		k.KeyFile = resolve(dir, k.KeyFile)
 	}
+	return normalisePacing(t.Pacing)
+}
+
+// normalisePacing lower-cases the rules' domains, sets default bursts and
+// validates the rules; its errors name the key, as "pacing[1].per_minute".
+func normalisePacing(rules []Pacing) error {
+	seen := map[string]bool{}
+	for i := range rules {
+		p := &rules[i]
+		p.Domain = strings.ToLower(strings.TrimSpace(p.Domain))
+		switch {
+		case p.Domain == "":
+			return fmt.Errorf("pacing[%d].domain is required", i)
+		case !isASCIIDomain(p.Domain):
+			return fmt.Errorf("pacing[%d].domain %q must be an ASCII domain name", i, p.Domain)
+		case seen[p.Domain]:
+			return fmt.Errorf("pacing[%d].domain %q has a rule already", i, p.Domain)
+		case p.PerMinute <= 0:
+			return fmt.Errorf("pacing[%d].per_minute %d must be positive", i, p.PerMinute)
+		case p.PerMinute > 60_000_000:
+			return fmt.Errorf("pacing[%d].per_minute %d must be at most 60000000", i, p.PerMinute)
+		case p.Burst < 0:
+			return fmt.Errorf("pacing[%d].burst %d must not be negative", i, p.Burst)
+		}
+		if p.Burst == 0 {
+			p.Burst = 1
+		}
+		seen[p.Domain] = true
+	}
 	return nil
 }
 
@@ -277,6 +376,9 @@ func (s *Server) normalise(dir string) error {
 	}
 	if s.Host == "" {
 		return errors.New("host is required")
+	}
+	if err := checkFilter(s.FromFilter); err != nil {
+		return fmt.Errorf("from_filter: %v", err)
 	}
 	if s.TLS == "" {
 		s.TLS = TLSStartTLS
@@ -384,6 +486,90 @@ func resolve(dir, p string) string {
 		return p
 	}
 	return filepath.Join(dir, p)
+}
+
+// FilterParts splits a from filter (from_filter, default_from_filter) into
+// its parts: comma-separated, each part trimmed, empty parts dropped
+// (mail-rules §1). Each part is an address or a domain.
+func FilterParts(filter string) []string {
+	var parts []string
+	for p := range strings.SplitSeq(filter, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			parts = append(parts, p)
+		}
+	}
+	return parts
+}
+
+// checkFilter reports the first part of filter that is neither a plain
+// address nor a domain name.
+func checkFilter(filter string) error {
+	for _, p := range FilterParts(filter) {
+		if strings.Contains(p, "@") {
+			if !isPlainAddress(p) {
+				return fmt.Errorf("%q is not an address like name@example.com", p)
+			}
+		} else if !isDomainName(p) {
+			return fmt.Errorf("%q is neither an address (name@example.com) nor a domain name (example.com)", p)
+		}
+	}
+	return nil
+}
+
+// isPlainAddress reports whether s is one addr-spec (RFC 5322 §3.4.1)
+// without display name or angle brackets, on a domain name.
+func isPlainAddress(s string) bool {
+	if strings.ContainsAny(s, "\r\n\x00") {
+		return false
+	}
+	a, err := mail.ParseAddress(s)
+	if err != nil || a.Name != "" || a.Address != s {
+		return false
+	}
+	at := strings.LastIndexByte(s, '@')
+	return isLocalPart(s[:at]) && isDomainName(s[at+1:])
+}
+
+// isLocalPart reports whether s is a dot-atom local part (RFC 5322 §3.2.3,
+// with UTF-8 allowed as in RFC 6532 §3.2) of at most 64 octets (RFC 5321
+// §4.5.3.1.1).
+func isLocalPart(s string) bool {
+	if s == "" || len(s) > 64 || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.':
+		case strings.ContainsRune("!#$%&'*+-/=?^_`{|}~", r):
+		case r >= 0x80 && unicode.IsPrint(r):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// isDomainName reports whether d is a domain name: dot-separated labels of
+// 1-63 octets made of letters (any script, for internationalised names),
+// digits and inner hyphens, at most 253 octets in all (RFC 1035 §2.3.4,
+// RFC 5890 §2.3.2.1). Whether an internationalised name converts to
+// IDNA is checked where it is used.
+func isDomainName(d string) bool {
+	if d == "" || len(d) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(d, ".") {
+		if label == "" || len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
+			return false
+		}
+		for _, r := range label {
+			if !(r == '-' || r < 0x80 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') ||
+				r >= 0x80 && (unicode.IsLetter(r) || unicode.IsDigit(r) || unicode.IsMark(r))) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func isASCIIDomain(d string) bool {

@@ -212,3 +212,24 @@ func negativeTTL(m *dns.Msg) time.Duration {
 	}
 	return 0
 }
+
+// FromList returns a resolver for a comma-separated list of DNS servers
+// ("host" or "host:port", port 53 by default), as given in a -dns flag or
+// DNS_SERVERS; an empty list means the servers of /etc/resolv.conf.
+func FromList(servers string, timeout time.Duration) (*DNS, error) {
+	if strings.TrimSpace(servers) == "" {
+		return FromSystem()
+	}
+	var list []string
+	for s := range strings.SplitSeq(servers, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			s = net.JoinHostPort(s, "53")
+		}
+		list = append(list, s)
+	}
+	return New(list, timeout), nil
+}

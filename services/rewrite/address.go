@@ -9,8 +9,8 @@ import (
 	"strings"
 
 	"github.com/chattermail/chattermail/platform/config"
+	"github.com/chattermail/chattermail/platform/domains"
 	"golang.org/x/net/idna"
-	"golang.org/x/net/publicsuffix"
 )
 
 // ErrInvalidAuthor is returned for an author without exactly one address,
@@ -151,14 +151,7 @@ func asciiDomain(domain string) (string, error) {
 // OrganizationalDomain is the organisational domain of an ASCII domain
 // (RFC 7489 §3.2): the public suffix plus one label, by the Public Suffix
 // List; a domain that is itself a public suffix is its own.
-func OrganizationalDomain(domain string) string {
-	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
-	org, err := publicsuffix.EffectiveTLDPlusOne(domain)
-	if err != nil {
-		return domain
-	}
-	return org
-}
+func OrganizationalDomain(domain string) string { return domains.Organizational(domain) }
 
 // WireAddress returns addr as it goes on the wire: the local part quoted
 // when it is not a dot-atom (RFC 5322 §3.4.1), the domain as IDNA

@@ -7,7 +7,7 @@ require (
 	github.com/chattermail/chattermail/proto v0.0.0
 	github.com/emersion/go-msgauth v0.7.0
 	github.com/nats-io/nats.go v1.55.0
-	golang.org/x/net v0.60.0
+	golang.org/x/net v0.62.0
 	google.golang.org/protobuf v1.36.12
 )
 

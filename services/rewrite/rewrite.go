@@ -45,8 +45,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"strings"
 	"time"
 
 	"github.com/chattermail/chattermail/platform/bus"
@@ -197,19 +195,5 @@ func (s *Service) handle(ctx context.Context, d *bus.Delivery) error {
 // question timing out after timeout (default 5s); an empty setting takes
 // the servers of /etc/resolv.conf.
 func NewResolver(servers string, timeout time.Duration) (*resolver.DNS, error) {
-	if strings.TrimSpace(servers) == "" {
-		return resolver.FromSystem()
-	}
-	var list []string
-	for s := range strings.SplitSeq(servers, ",") {
-		s = strings.TrimSpace(s)
-		if s == "" {
-			continue
-		}
-		if _, _, err := net.SplitHostPort(s); err != nil {
-			s = net.JoinHostPort(s, "53")
-		}
-		list = append(list, s)
-	}
-	return resolver.New(list, timeout), nil
+	return resolver.FromList(servers, timeout)
 }

@@ -17,8 +17,8 @@ import (
 	"blitiri.com.ar/go/spf"
 	"github.com/chattermail/chattermail/platform/config"
 	"github.com/chattermail/chattermail/platform/dkimkey"
+	"github.com/chattermail/chattermail/platform/domains"
 	"github.com/chattermail/chattermail/platform/resolver"
-	"github.com/chattermail/chattermail/services/rewrite"
 	"github.com/emersion/go-msgauth/dmarc"
 )
 
@@ -121,7 +121,7 @@ func (c *Checker) hosts(ctx context.Context, t *config.Tenant) (map[string][]net
 // record (§3.2), at most 10 lookups (§4.6.4), and a pass for every sending
 // address. It reports whether SPF passes for all of them.
 func (c *Checker) checkSPF(ctx context.Context, r *Report, t *config.Tenant, id Identity) bool {
-	domain := domainOf(id.EnvelopeFrom)
+	domain := domains.Of(id.EnvelopeFrom)
 	txts, _, err := c.DNS.TXT(ctx, domain)
 	if err != nil && !errors.Is(err, resolver.ErrNotFound) {
 		r.add("spf", domain, Fail, "lookup failed: "+err.Error(), "check that the domain's name servers answer")
@@ -157,7 +157,7 @@ func (c *Checker) checkSPF(ctx context.Context, r *Report, t *config.Tenant, id 
 	for name, ips := range hosts {
 		for _, ip := range ips {
 			res, err := spf.CheckHostWithSender(ip, name, id.EnvelopeFrom,
-				spf.WithResolver(spfResolver{c.DNS}), spf.WithContext(ctx))
+				spf.WithResolver(resolver.NetStyle{R: c.DNS}), spf.WithContext(ctx))
 			if errors.Is(err, spf.ErrLookupLimitReached) {
 				r.add("spf", domain, Fail, "the record needs more than 10 DNS lookups (RFC 7208 §4.6.4)",
 					"flatten includes into ip4:/ip6: mechanisms or drop unused ones")
@@ -277,11 +277,11 @@ func keyKind(k crypto.Signer) string {
 // organisational-domain fallback of RFC 7489 §6.6.3) and checks that the
 // notifications align through SPF or DKIM (relaxed alignment, §3.1).
 func (c *Checker) checkDMARC(ctx context.Context, r *Report, id Identity, spfOK bool, dkimDomains []string) {
-	from := domainOf(id.From)
+	from := domains.Of(id.From)
 	rec, name, err := c.lookupDMARC(ctx, from)
-	org := rewrite.OrganizationalDomain(from)
-	spfAligned := spfOK && rewrite.OrganizationalDomain(domainOf(id.EnvelopeFrom)) == org
-	dkimAligned := slices.ContainsFunc(dkimDomains, func(d string) bool { return rewrite.OrganizationalDomain(d) == org })
+	org := domains.Organizational(from)
+	spfAligned := spfOK && domains.Organizational(domains.Of(id.EnvelopeFrom)) == org
+	dkimAligned := slices.ContainsFunc(dkimDomains, func(d string) bool { return domains.Organizational(d) == org })
 	aligned := spfAligned || dkimAligned
 	how := alignment(spfAligned, dkimAligned)
 	switch {
@@ -315,7 +315,7 @@ func alignment(spfAligned, dkimAligned bool) string {
 
 func (c *Checker) lookupDMARC(ctx context.Context, domain string) (*dmarc.Record, string, error) {
 	names := []string{"_dmarc." + domain}
-	if org := rewrite.OrganizationalDomain(domain); org != domain {
+	if org := domains.Organizational(domain); org != domain {
 		names = append(names, "_dmarc."+org)
 	}
 	var lastErr error
@@ -366,51 +366,4 @@ func (c *Checker) checkMX(ctx context.Context, r *Report, t *config.Tenant) {
 		}
 		r.add("mx", t.AliasDomain, OK, strings.Join(hosts, ", "), "")
 	}
-}
-
-func domainOf(addr string) string {
-	_, d, _ := strings.Cut(addr, "@")
-	return strings.ToLower(d)
-}
-
-// spfResolver adapts a resolver.Resolver to the lookups blitiri.com.ar/go/spf
-// makes, turning ErrNotFound into the "not found" DNS error it expects.
-type spfResolver struct{ r resolver.Resolver }
-
-func dnsErr(name string, err error) error {
-	return &net.DNSError{Err: err.Error(), Name: name, IsNotFound: errors.Is(err, resolver.ErrNotFound), IsTemporary: errors.Is(err, resolver.ErrTemporary)}
-}
-
-func (s spfResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
-	txt, _, err := s.r.TXT(ctx, name)
-	if err != nil {
-		return nil, dnsErr(name, err)
-	}
-	return txt, nil
-}
-
-func (s spfResolver) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
-	mx, _, err := s.r.MX(ctx, name)
-	if err != nil {
-		return nil, dnsErr(name, err)
-	}
-	return mx, nil
-}
-
-func (s spfResolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
-	ips, _, err := s.r.IP(ctx, host)
-	if err != nil {
-		return nil, dnsErr(host, err)
-	}
-	out := make([]net.IPAddr, len(ips))
-	for i, ip := range ips {
-		out[i] = net.IPAddr{IP: ip}
-	}
-	return out, nil
-}
-
-// LookupAddr answers PTR questions with "not found": the ptr mechanism is
-// deprecated (RFC 7208 §5.5) and never needed to authorise chattermail.
-func (s spfResolver) LookupAddr(_ context.Context, addr string) ([]string, error) {
-	return nil, &net.DNSError{Err: "ptr not supported", Name: addr, IsNotFound: true}
 }

@@ -14,8 +14,8 @@ import (
 	"strings"
 
 	"github.com/chattermail/chattermail/cmd/chattermail/domaincheck"
+	"github.com/chattermail/chattermail/platform/domains"
 	"github.com/chattermail/chattermail/platform/resolver"
-	"github.com/chattermail/chattermail/services/rewrite"
 	"github.com/emersion/go-msgauth/dkim"
 )
 
@@ -67,7 +67,7 @@ func Message(ctx context.Context, dns resolver.Resolver, in Input) *Grade {
 	from, err := mail.ParseAddress(h.Get("From"))
 	fromDomain := ""
 	if err == nil {
-		fromDomain = domainOf(from.Address)
+		fromDomain = domains.Of(from.Address)
 	}
 	g.add("from", err == nil, 3, "From: "+h.Get("From"))
 
@@ -102,7 +102,7 @@ func Message(ctx context.Context, dns resolver.Resolver, in Input) *Grade {
 			continue
 		}
 		good = append(good, "d="+v.Domain)
-		if fromDomain != "" && rewrite.OrganizationalDomain(v.Domain) == rewrite.OrganizationalDomain(fromDomain) {
+		if fromDomain != "" && domains.Organizational(v.Domain) == domains.Organizational(fromDomain) {
 			dkimAligned = true
 		}
 	}
@@ -119,7 +119,7 @@ func Message(ctx context.Context, dns resolver.Resolver, in Input) *Grade {
 	g.add("spf", in.SPF.Status == domaincheck.OK, 1.5, "envelope "+in.EnvelopeFrom+": "+in.SPF.Detail)
 
 	// DMARC (RFC 7489 §3.1): relaxed alignment through DKIM or SPF.
-	spfAligned := in.SPF.Status == domaincheck.OK && fromDomain != "" && rewrite.OrganizationalDomain(domainOf(in.EnvelopeFrom)) == rewrite.OrganizationalDomain(fromDomain)
+	spfAligned := in.SPF.Status == domaincheck.OK && fromDomain != "" && domains.Organizational(domains.Of(in.EnvelopeFrom)) == domains.Organizational(fromDomain)
 	g.add("dmarc", dkimAligned || spfAligned, 2,
 		fmt.Sprintf("From domain %s: DKIM aligned %v, SPF aligned %v", fromDomain, dkimAligned, spfAligned))
 
@@ -169,9 +169,4 @@ func lineProblems(raw []byte) (long, bare int) {
 		}
 	}
 	return long, bare
-}
-
-func domainOf(addr string) string {
-	_, d, _ := strings.Cut(addr, "@")
-	return strings.ToLower(d)
 }

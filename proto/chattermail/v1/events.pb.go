@@ -622,9 +622,18 @@ type ChatterPost struct {
 	NotifyAuthor bool       `protobuf:"varint,15,opt,name=notify_author,json=notifyAuthor,proto3" json:"notify_author,omitempty"`
 	Source       PostSource `protobuf:"varint,16,opt,name=source,proto3,enum=chattermail.v1.PostSource" json:"source,omitempty"`
 	// InboundId names the stored inbound mail for posts made from replies.
-	InboundId     string `protobuf:"bytes,17,opt,name=inbound_id,json=inboundId,proto3" json:"inbound_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	InboundId string `protobuf:"bytes,17,opt,name=inbound_id,json=inboundId,proto3" json:"inbound_id,omitempty"`
+	// AuthenticationResults is the RFC 8601 Authentication-Results value
+	// (SPF, DKIM, DMARC) of an inbound reply, as the inbound server saw it.
+	AuthenticationResults string `protobuf:"bytes,18,opt,name=authentication_results,json=authenticationResults,proto3" json:"authentication_results,omitempty"`
+	// AuthFlagged is set on an inbound reply whose authenticated sender is
+	// not the recipient its reply token was issued to (or that did not
+	// authenticate), when the tenant's inbound_auth is "flag".
+	AuthFlagged bool `protobuf:"varint,19,opt,name=auth_flagged,json=authFlagged,proto3" json:"auth_flagged,omitempty"`
+	// AuthFlagReason says why the reply was flagged.
+	AuthFlagReason string `protobuf:"bytes,20,opt,name=auth_flag_reason,json=authFlagReason,proto3" json:"auth_flag_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ChatterPost) Reset() {
@@ -772,6 +781,27 @@ func (x *ChatterPost) GetSource() PostSource {
 func (x *ChatterPost) GetInboundId() string {
 	if x != nil {
 		return x.InboundId
+	}
+	return ""
+}
+
+func (x *ChatterPost) GetAuthenticationResults() string {
+	if x != nil {
+		return x.AuthenticationResults
+	}
+	return ""
+}
+
+func (x *ChatterPost) GetAuthFlagged() bool {
+	if x != nil {
+		return x.AuthFlagged
+	}
+	return false
+}
+
+func (x *ChatterPost) GetAuthFlagReason() string {
+	if x != nil {
+		return x.AuthFlagReason
 	}
 	return ""
 }
@@ -2057,7 +2087,7 @@ const file_chattermail_v1_events_proto_rawDesc = "" +
 	"preference\x18\x02 \x01(\x0e2&.chattermail.v1.NotificationPreferenceR\n" +
 	"preference\x12\x1a\n" +
 	"\bsubtypes\x18\x03 \x03(\tR\bsubtypes\x12\x1a\n" +
-	"\binactive\x18\x04 \x01(\bR\binactive\"\xad\x05\n" +
+	"\binactive\x18\x04 \x01(\bR\binactive\"\xb1\x06\n" +
 	"\vChatterPost\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x121\n" +
 	"\x06thread\x18\x02 \x01(\v2\x19.chattermail.v1.ThreadRefR\x06thread\x12\x17\n" +
@@ -2079,7 +2109,10 @@ const file_chattermail_v1_events_proto_rawDesc = "" +
 	"\rnotify_author\x18\x0f \x01(\bR\fnotifyAuthor\x122\n" +
 	"\x06source\x18\x10 \x01(\x0e2\x1a.chattermail.v1.PostSourceR\x06source\x12\x1d\n" +
 	"\n" +
-	"inbound_id\x18\x11 \x01(\tR\tinboundId\"w\n" +
+	"inbound_id\x18\x11 \x01(\tR\tinboundId\x125\n" +
+	"\x16authentication_results\x18\x12 \x01(\tR\x15authenticationResults\x12!\n" +
+	"\fauth_flagged\x18\x13 \x01(\bR\vauthFlagged\x12(\n" +
+	"\x10auth_flag_reason\x18\x14 \x01(\tR\x0eauthFlagReason\"w\n" +
 	"\fPostAccepted\x12\x17\n" +
 	"\apost_id\x18\x01 \x01(\tR\x06postId\x12\x1d\n" +
 	"\n" +

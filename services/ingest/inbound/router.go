@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/mail"
 	"strings"
 	"sync"
@@ -111,6 +112,10 @@ type RouterOptions struct {
 	BounceWindow time.Duration
 	// Workers is how many messages are routed at once; default 4.
 	Workers int
+	// Auth evaluates SPF, DKIM and DMARC of replies (RFC 8601 results on
+	// the post; the tenant's inbound_auth decides what a mismatch does).
+	// Nil skips authentication.
+	Auth *Authenticator
 }
 
 // Router consumes INBOUND and routes each message (mail-rules §7).
@@ -484,6 +489,21 @@ func (r *Router) applyReply(ctx context.Context, log *slog.Logger, in *cmv1.Inbo
 		Source:          cmv1.PostSource_POST_SOURCE_INBOUND_REPLY,
 		InboundId:       in.GetInboundId(),
 	}
+	if r.o.Auth != nil {
+		a := r.o.Auth.Check(ctx, raw, net.ParseIP(hostOf(in.GetRemoteAddr())), in.GetHelo(), in.GetMailFrom())
+		p.AuthenticationResults = a.Results
+		if reason := authMismatch(d, a); reason != "" {
+			switch r.o.Config.Tenant(d.Tenant).InboundAuth {
+			case config.InboundAuthReject:
+				log.Info("inbound reply refused", "reason", reason)
+				r.count(log, "drop", DropAuthMismatch)
+				return nil
+			case config.InboundAuthFlag:
+				p.AuthFlagged, p.AuthFlagReason = true, reason
+			}
+			log.Info("inbound reply not authenticated as its token's recipient", "reason", reason, "results", a.Results)
+		}
+	}
 	if err := r.o.Bus.Publish(ctx, bus.Subject(bus.PostPrefix, d.Tenant), p, bus.MsgID(key, Stage)); err != nil {
 		return err
 	}
@@ -544,4 +564,21 @@ func (r *Router) applyBounce(ctx context.Context, log *slog.Logger, in *cmv1.Inb
 		}
 	}
 	return nil
+}
+
+// authMismatch says why a reply's authentication does not vouch for its
+// author: the reply token was issued to one recipient, but the message
+// is not DMARC-authenticated as that recipient; or, without a token, its
+// From domain's DMARC check failed. "" when nothing is wrong.
+func authMismatch(d *Decision, a *Authentication) string {
+	sender := a.AuthenticatedSender()
+	switch {
+	case d.TokenRecipient != "" && sender == "":
+		return "the reply token was issued to " + d.TokenRecipient + ", but the message did not authenticate (dmarc=" + a.DMARC + ")"
+	case d.TokenRecipient != "" && !strings.EqualFold(sender, d.TokenRecipient):
+		return "the reply token was issued to " + d.TokenRecipient + ", but the message authenticated as " + sender
+	case d.TokenRecipient == "" && a.DMARC == "fail":
+		return "the sender's domain failed DMARC"
+	}
+	return ""
 }

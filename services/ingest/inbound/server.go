@@ -194,11 +194,14 @@ func (s *Server) allowStart(ip string) bool {
 	return true
 }
 
-func remoteIP(a net.Addr) string {
-	if host, _, err := net.SplitHostPort(a.String()); err == nil {
+func remoteIP(a net.Addr) string { return hostOf(a.String()) }
+
+// hostOf is the host of a "host:port" address, or addr itself.
+func hostOf(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
 		return host
 	}
-	return a.String()
+	return addr
 }
 
 // session is one SMTP connection.

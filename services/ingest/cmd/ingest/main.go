@@ -21,6 +21,7 @@ import (
 	"github.com/chattermail/chattermail/platform/admin"
 	"github.com/chattermail/chattermail/platform/proc"
 	"github.com/chattermail/chattermail/platform/replytoken"
+	"github.com/chattermail/chattermail/platform/resolver"
 	"github.com/chattermail/chattermail/services/ingest"
 	"github.com/chattermail/chattermail/services/ingest/inbound"
 )
@@ -48,6 +49,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	smtpMax := fs.Int64("smtp-max-bytes", inbound.DefaultMaxMessageBytes, "largest inbound message accepted; larger ones get 552")
 	smtpHost := fs.String("smtp-hostname", proc.Env(getenv, "SMTP_HOSTNAME", "localhost"), "name in the inbound SMTP greeting and Received fields (SMTP_HOSTNAME)")
 	tokenKeys := fs.String("reply-token-keys", getenv(replytoken.EnvKeysFile), "file of reply/VERP token keys shared with rewrite; empty uses the PUBLIC development key (REPLY_TOKEN_KEYS_FILE)")
+	dnsServers := fs.String("dns", getenv("DNS_SERVERS"), "DNS servers for SPF, DKIM and DMARC checks of inbound replies, comma-separated host:port; empty uses /etc/resolv.conf (DNS_SERVERS)")
 	keyFile := fs.String("unsubscribe-key-file", getenv("UNSUBSCRIBE_KEY_FILE"), "file holding the key (32 bytes or more) that signs unsubscribe links; empty uses a public development key (UNSUBSCRIBE_KEY_FILE)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -82,6 +84,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		_ = ln.Close()
 		return err
 	}
+	dns, err := resolver.FromList(*dnsServers, 0)
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
 	var smtpLn net.Listener
 	if *smtpAddr != "" {
 		if smtpLn, err = net.Listen("tcp", *smtpAddr); err != nil {
@@ -91,7 +98,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	in, err := inbound.Open(ctx, inbound.Options{Bus: p.Bus, Config: p.Config, Tokens: tokens, Log: p.Log, Threads: svc.Threads(),
 		Suppression: svc.Suppression(), KVReplicas: ps.StreamReplicas, Listener: smtpLn, Hostname: *smtpHost,
-		MaxMessageBytes: *smtpMax, TLSConfig: tlsConfig})
+		MaxMessageBytes: *smtpMax, TLSConfig: tlsConfig,
+		Router: inbound.RouterOptions{Auth: &inbound.Authenticator{DNS: dns, ServID: *smtpHost}}})
 	if err != nil {
 		_ = ln.Close()
 		return err

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -66,7 +65,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return err
 	}
 	relayhost := fs.String("relayhost", getenv("RELAYHOST"), "host:port receiving the mail of tenants without servers; empty sends such mail directly to the recipients' MX hosts (RELAYHOST)")
-	dnsServers := fs.String("dns", getenv("SENDER_DNS"), "comma-separated host:port DNS servers for MX lookups; default those of /etc/resolv.conf (SENDER_DNS)")
+	dnsServers := fs.String("dns", getenv("DNS_SERVERS"), "DNS servers for MX lookups, comma-separated host:port; empty uses /etc/resolv.conf (DNS_SERVERS)")
 	fs.IntVar(&mxPort, "mx-port", mxPort, "port of MX hosts (SENDER_MX_PORT)")
 	fs.IntVar(&concurrency, "destination-concurrency", concurrency, "SMTP sessions open at once per destination, idle and busy (SENDER_DESTINATION_CONCURRENCY)")
 	fs.DurationVar(&idleTimeout, "idle-timeout", idleTimeout, "how long an SMTP session waits in the pool for its next mail (SENDER_IDLE_TIMEOUT)")
@@ -87,7 +86,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	var res sender.Resolver
 	if *dnsServers != "" {
-		res = resolver.New(strings.Split(*dnsServers, ","), 0)
+		if res, err = resolver.FromList(*dnsServers, 0); err != nil {
+			return err
+		}
 	}
 	svc, err := sender.New(sender.Options{
 		Bus: p.Bus, Config: p.Config, Log: p.Log,
