@@ -8,6 +8,7 @@
 //	chattermail suppression  list, add and clear suppressed addresses
 //	chattermail dkim      make DKIM keys and the records to publish
 //	chattermail domain    check SPF, DKIM, DMARC and MX of the tenants
+//	chattermail mail-test grade a sample notification like a mail tester
 //	chattermail version   print the version
 //
 // The services also ship as separate programs (services/*/cmd/*) for
@@ -45,6 +46,7 @@ commands:
   suppression  list, add, clear: a tenant's suppressed addresses
   dkim      keygen: make a DKIM key and print the DNS record to publish
   domain    check: SPF, DKIM, DMARC and MX of each tenant, with fixes
+  mail-test send a sample notification through the pipeline and grade it
   version   print the version
 
 Run "chattermail <command> -h" for a command's flags.
@@ -68,6 +70,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return runDKIM(ctx, args[1:], getenv, stdout)
 	case "domain":
 		return runDomain(ctx, args[1:], getenv, stdout)
+	case "mail-test":
+		return runMailTest(ctx, args[1:], getenv, stdout)
 	case "version":
 		fmt.Fprintln(stdout, "chattermail", version)
 		return nil
