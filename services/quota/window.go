@@ -83,3 +83,19 @@ func wallClock(t time.Time) time.Time {
 	hh, mm, ss := t.Clock()
 	return time.Date(y, m, d, hh, mm, ss, t.Nanosecond(), time.UTC)
 }
+
+// windowAfter returns the window n windows after w (n ≥ 0) of tenant t.
+func windowAfter(t *config.Tenant, w Window, n int) Window {
+	loc := t.Location()
+	y, m, d := w.Start.In(loc).Date()
+	return WindowOf(t, dayStart(y, m, d+n, loc))
+}
+
+// windowNamed returns tenant t's window named name ("2006-01-02").
+func windowNamed(t *config.Tenant, name string) (Window, error) {
+	day, err := time.Parse(time.DateOnly, name)
+	if err != nil {
+		return Window{}, err
+	}
+	return WindowOf(t, dayStart(day.Year(), day.Month(), day.Day(), t.Location())), nil
+}

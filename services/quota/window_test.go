@@ -10,7 +10,7 @@ import (
 )
 
 // tenantIn returns a tenant whose window lives in zone ("" for the default).
-func tenantIn(t *testing.T, zone string) *config.Tenant {
+func tenantIn(t testing.TB, zone string) *config.Tenant {
 	t.Helper()
 	doc := "tenants:\n  acme:\n    alias_domain: example.com\n"
 	if zone != "" {

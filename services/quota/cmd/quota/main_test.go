@@ -26,10 +26,15 @@ func TestRunServesReadinessWithRedis(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("tenants:\n  acme:\n    alias_domain: example.com\n    time_zone: Europe/Paris\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	tokenFile := filepath.Join(t.TempDir(), "admin-token")
+	if err := os.WriteFile(tokenFile, []byte("adm1n-t0ken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	env := map[string]string{
 		"NATS_URL":           ns.ClientURL(),
 		"CHATTERMAIL_CONFIG": cfg,
 		"REDIS_URL":          "redis://:s3cret-pw@" + mr.Addr() + "/0",
+		"ADMIN_TOKEN_FILE":   tokenFile,
 	}
 	var out syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
@@ -64,6 +69,27 @@ func TestRunServesReadinessWithRedis(t *testing.T) {
 		}
 		return nil
 	})
+	// The quota admin API, with and without the token.
+	get := func(token string) (int, string) {
+		req, _ := http.NewRequest("GET", "http://"+admin+"/quota/acme", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := get("adm1n-t0ken"); code != http.StatusOK || !strings.Contains(body, `"time_zone": "Europe/Paris"`) {
+		t.Errorf("GET /quota/acme with the token = %d %q, want 200 and acme's status", code, body)
+	}
+	if code, _ := get(""); code != http.StatusUnauthorized {
+		t.Errorf("GET /quota/acme without the token = %d, want 401", code)
+	}
+
 	mr.Close()
 	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "redis") {
 		t.Errorf("/readyz with Redis down = %d %q, want 503 naming redis", code, body)
@@ -80,6 +106,19 @@ func TestRunServesReadinessWithRedis(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "s3cret-pw") {
 		t.Errorf("the Redis password was logged:\n%s", out.String())
+	}
+}
+
+func TestRunRejectsAnEmptyAdminTokenFile(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(empty, []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{empty, filepath.Join(t.TempDir(), "missing")} {
+		err := run(context.Background(), []string{"-admin-token-file", path}, func(string) string { return "" }, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "admin-token-file") {
+			t.Errorf("run with -admin-token-file %s: %v, want an error naming the flag", path, err)
+		}
 	}
 }
 
