@@ -91,6 +91,9 @@ func newPipeline(p *proc.Process, o pipelineOptions) (*pipeline, error) {
 	if o.Inbound.Auth == nil {
 		o.Inbound.Auth = &inbound.Authenticator{DNS: o.Resolver}
 	}
+	if o.Inbound.Counter == nil {
+		o.Inbound.Counter = inbound.NewMetrics(p.Registry)
+	}
 	if pl.inbound, err = inbound.Open(context.Background(), inbound.Options{Bus: p.Bus, Config: p.Config, Tokens: o.Tokens,
 		Log: p.Log.With("stage", inbound.Stage), Now: o.Now, Threads: pl.ingest.Threads(), Suppression: pl.ingest.Suppression(),
 		Listener: o.SMTPListener, Router: o.Inbound}); err != nil {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/chattermail/chattermail/platform/admin"
 	"github.com/chattermail/chattermail/platform/proc"
@@ -49,6 +50,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	smtpMax := fs.Int64("smtp-max-bytes", inbound.DefaultMaxMessageBytes, "largest inbound message accepted; larger ones get 552")
 	smtpHost := fs.String("smtp-hostname", proc.Env(getenv, "SMTP_HOSTNAME", "localhost"), "name in the inbound SMTP greeting and Received fields (SMTP_HOSTNAME)")
 	tokenKeys := fs.String("reply-token-keys", getenv(replytoken.EnvKeysFile), "file of reply/VERP token keys shared with rewrite; empty uses the PUBLIC development key (REPLY_TOKEN_KEYS_FILE)")
+	maxPerSender := fs.Int("inbound-max-per-sender", 20, "inbound messages one sender may send a tenant per -inbound-sender-window; the rest is dropped (mail-rules §7)")
+	senderWindow := fs.Duration("inbound-sender-window", 120*time.Minute, "window of -inbound-max-per-sender")
 	dnsServers := fs.String("dns", getenv("DNS_SERVERS"), "DNS servers for SPF, DKIM and DMARC checks of inbound replies, comma-separated host:port; empty uses /etc/resolv.conf (DNS_SERVERS)")
 	keyFile := fs.String("unsubscribe-key-file", getenv("UNSUBSCRIBE_KEY_FILE"), "file holding the key (32 bytes or more) that signs unsubscribe links; empty uses a public development key (UNSUBSCRIBE_KEY_FILE)")
 	if err := fs.Parse(args); err != nil {
@@ -99,7 +102,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	in, err := inbound.Open(ctx, inbound.Options{Bus: p.Bus, Config: p.Config, Tokens: tokens, Log: p.Log, Threads: svc.Threads(),
 		Suppression: svc.Suppression(), KVReplicas: ps.StreamReplicas, Listener: smtpLn, Hostname: *smtpHost,
 		MaxMessageBytes: *smtpMax, TLSConfig: tlsConfig,
-		Router: inbound.RouterOptions{Auth: &inbound.Authenticator{DNS: dns, ServID: *smtpHost}}})
+		Router: inbound.RouterOptions{Auth: &inbound.Authenticator{DNS: dns, ServID: *smtpHost}, Counter: inbound.NewMetrics(p.Registry),
+			MaxPerSender: *maxPerSender, SenderWindow: *senderWindow}})
 	if err != nil {
 		_ = ln.Close()
 		return err
