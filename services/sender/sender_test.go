@@ -49,22 +49,8 @@ type harness struct {
 	logs   *lockedBuffer
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer is a testenv.Buffer.
+type lockedBuffer = testenv.Buffer
 
 // start runs a sender for the tenants document tenants (in which
 // PASSWORD_FILE names a file holding testPassword). o's Bus, Config and
