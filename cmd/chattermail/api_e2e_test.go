@@ -17,7 +17,6 @@ import (
 
 	"github.com/chattermail/chattermail/platform/bus"
 	"github.com/chattermail/chattermail/platform/config"
-	"github.com/chattermail/chattermail/platform/proc"
 	"github.com/chattermail/chattermail/platform/smtpcapture"
 	"github.com/chattermail/chattermail/platform/testenv"
 	cmv1 "github.com/chattermail/chattermail/proto/chattermail/v1"
@@ -25,7 +24,6 @@ import (
 	"github.com/chattermail/chattermail/services/ingest/client"
 	"github.com/chattermail/chattermail/services/ingest/status"
 	"github.com/chattermail/chattermail/services/ingest/threads"
-	"github.com/chattermail/chattermail/services/rewrite"
 	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
@@ -89,36 +87,14 @@ func startAPISystem(t *testing.T, change ...func(*apiOptions)) *apiSystem {
 		t.Fatal(err)
 	}
 	t.Cleanup(nb.Close)
-	d := &deps{natsURL: ns.ClientURL(), redisAddr: raddr, capture: capture, configPath: path, redis: rc, js: nb.JetStream()}
-
-	ctx, cancel := context.WithCancel(context.Background())
-	logs := newLogBuffer(t)
-	p, err := proc.Start(ctx, "test", proc.Settings{NATSURL: d.natsURL, ConfigPath: d.configPath, AdminAddr: "127.0.0.1:0", LogLevel: "debug"}, logs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := &deps{natsURL: ns.ClientURL(), redisAddr: raddr, capture: capture, configPath: path, redis: rc, js: nb.JetStream(),
+		dns: testenv.DNS(t)} // no DMARC records: authors' domains publish no policy
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dns := testenv.DNS(t) // no DMARC records: authors' domains publish no policy
-	res, err := rewrite.NewResolver(dns.Addr(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, err := newPipeline(p, pipelineOptions{Redis: d.redis, Resolver: res, SenderRetryBase: 200 * time.Millisecond, Now: o.now,
-		PublicURL: "http://" + ln.Addr().String(), UnsubscribeKey: []byte("api e2e test unsubscribe key, 32 bytes or more")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- pl.run(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("pipeline stopped with %v", err)
-		}
-	})
+	startPipeline(t, d, pipelineOptions{SenderRetryBase: 200 * time.Millisecond, Now: o.now,
+		PublicURL: "http://" + ln.Addr().String(), UnsubscribeKey: []byte("api e2e test unsubscribe key, 32 bytes or more")}, ln)
 	return &apiSystem{deps: d, base: "http://" + ln.Addr().String()}
 }
 

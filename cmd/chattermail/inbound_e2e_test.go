@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/chattermail/chattermail/platform/bus"
-	"github.com/chattermail/chattermail/platform/proc"
 	"github.com/chattermail/chattermail/platform/smtpcapture"
 	"github.com/chattermail/chattermail/platform/testenv"
 	"github.com/chattermail/chattermail/services/ingest/suppression"
@@ -23,32 +22,11 @@ import (
 // free port and returns the HTTP base URL and the SMTP address.
 func startInboundSystem(t *testing.T, d *deps) (base, smtpAddr string) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	p, err := proc.Start(ctx, "test", proc.Settings{NATSURL: d.natsURL, ConfigPath: d.configPath, AdminAddr: "127.0.0.1:0", LogLevel: "debug"}, newLogBuffer(t))
-	if err != nil {
-		t.Fatal(err)
-	}
 	smtpLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl, err := newPipeline(p, pipelineOptions{Redis: d.redis, SMTPListener: smtpLn, Resolver: d.resolver()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- pl.run(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("pipeline stopped with %v", err)
-		}
-	})
-	return "http://" + ln.Addr().String(), smtpLn.Addr().String()
+	return startPipeline(t, d, pipelineOptions{SMTPListener: smtpLn}, nil), smtpLn.Addr().String()
 }
 
 // sendSMTP sends raw from mailFrom to rcpts over real SMTP and returns the

@@ -98,20 +98,33 @@ func startDepsLimit(t testing.TB, limit int) *deps {
 // startInProcess runs the four stages in this process, as "chattermail
 // dev" does, and returns the HTTP API's base URL.
 func startInProcess(t testing.TB, d *deps) string {
+	return startPipeline(t, d, pipelineOptions{}, nil)
+}
+
+// startPipeline runs the stages in this process with o, its Redis and
+// Resolver defaulting to d's, serving the HTTP API on ln (nil: a free
+// port), until the test ends; it returns the API's base URL.
+func startPipeline(t testing.TB, d *deps, o pipelineOptions, ln net.Listener) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := newLogBuffer(t)
-	p, err := proc.Start(ctx, "test", proc.Settings{NATSURL: d.natsURL, ConfigPath: d.configPath, AdminAddr: "127.0.0.1:0", LogLevel: "debug"}, logs)
+	p, err := proc.Start(ctx, "test", proc.Settings{NATSURL: d.natsURL, ConfigPath: d.configPath, AdminAddr: "127.0.0.1:0", LogLevel: "debug"}, newLogBuffer(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl, err := newPipeline(p, pipelineOptions{Redis: d.redis, Resolver: d.resolver()})
+	if o.Redis == nil {
+		o.Redis = d.redis
+	}
+	if o.Resolver == nil {
+		o.Resolver = d.resolver()
+	}
+	pl, err := newPipeline(p, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	if ln == nil {
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	done := make(chan error, 1)
 	go func() { done <- pl.run(ctx, ln) }()
