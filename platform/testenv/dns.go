@@ -31,11 +31,7 @@ func DNS(tb testing.TB, records ...string) *DNSServer {
 	if err := s.set(records); err != nil {
 		tb.Fatal(err)
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	pc, ln, err := listenUDPAndTCP()
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -151,4 +147,24 @@ func (s *DNSServer) answer(rrs []dns.RR, qtype uint16) []dns.RR {
 		s.mu.Unlock()
 	}
 	return out
+}
+
+// listenUDPAndTCP binds a UDP and a TCP socket on the same free loopback
+// port; the port the UDP socket got may be taken for TCP, so it tries a
+// few ports.
+func listenUDPAndTCP() (net.PacketConn, net.Listener, error) {
+	var lastErr error
+	for range 20 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		lastErr = err
+	}
+	return nil, nil, lastErr
 }
