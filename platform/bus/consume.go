@@ -101,6 +101,10 @@ type ConsumerSpec struct {
 	// Backoff is the delay for temporary errors; default
 	// ExponentialBackoff(1s, 5m).
 	Backoff Backoff
+	// MaxAckPending caps the messages delivered but not yet acked, which
+	// includes those waiting out a NakWithDelay; when it is reached the
+	// consumer gets nothing new. Default 10,000 (at least 4 per worker).
+	MaxAckPending int
 }
 
 func (s *ConsumerSpec) defaults() {
@@ -115,6 +119,9 @@ func (s *ConsumerSpec) defaults() {
 	}
 	if s.Stage == "" {
 		s.Stage = s.Durable
+	}
+	if s.MaxAckPending <= 0 {
+		s.MaxAckPending = max(10_000, s.Workers*4)
 	}
 }
 
@@ -131,7 +138,7 @@ func (b *Bus) Consume(ctx context.Context, spec ConsumerSpec, h Handler) error {
 		AckWait:       spec.AckWait,
 		MaxDeliver:    -1,
 		FilterSubject: spec.FilterSubject,
-		MaxAckPending: max(1000, spec.Workers*4),
+		MaxAckPending: spec.MaxAckPending,
 	})
 	if err != nil {
 		return fmt.Errorf("bus: consumer %s on %s: %w", spec.Durable, spec.Stream, err)

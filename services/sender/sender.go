@@ -294,6 +294,10 @@ func (s *Service) Run(ctx context.Context) error {
 		Stage:   Stage,
 		Workers: s.o.Workers,
 		AckWait: s.o.AckWait,
+		// Deferred mail waits out its retry delay inside the consumer
+		// (NakWithDelay), so the cap is high: one tenant's relay being
+		// down for hours must not stop everyone else's mail.
+		MaxAckPending: 200_000,
 	}, s.handle)
 }
 
