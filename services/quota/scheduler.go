@@ -508,6 +508,18 @@ func (s *Service) publishInOrder(ctx context.Context, t *config.Tenant, rs []*re
 			r.err = fmt.Errorf("quota: marshal %s: %w", r.wm.ID, err)
 			continue
 		}
+		if g.Held {
+			// The released event is stored before the mail can reach the
+			// sender, so a mail's timeline never shows a delivery attempt
+			// before its release. A retry republishes it under the same
+			// Nats-Msg-Id, which the stream drops.
+			ev := events.ForMail(r.m, cmv1.Outcome_OUTCOME_RELEASED, Stage)
+			ev.At = timestamppb.New(now)
+			ev.Reason = fmt.Sprintf("released from the held line in window %s (%d of %d)", g.Window, g.Used, g.Limit)
+			if r.err = events.PublishMail(bus.WithTrace(ctx, r.trace), s.o.Bus, ev); r.err != nil {
+				continue
+			}
+		}
 		futures[i], r.err = js.PublishMsgAsync(mailMsg(bus.Subject(bus.ReadyPrefix, t.ID), data, r.trace),
 			jetstream.WithMsgID(bus.MsgID(r.wm.ID, Stage)))
 	}
@@ -531,19 +543,11 @@ func (s *Service) publishInOrder(ctx context.Context, t *config.Tenant, rs []*re
 	}
 }
 
-// finish publishes what follows a mail's publication: the released event
-// when it was held and the quota events its grant reached.
+// finish publishes what follows a mail's publication: the quota events
+// its grant reached (the released event went before the mail).
 func (s *Service) finish(ctx context.Context, t *config.Tenant, r *release, now time.Time) error {
 	ctx = bus.WithTrace(ctx, r.trace)
 	g := r.wm.Grant
-	if g.Held {
-		ev := events.ForMail(r.m, cmv1.Outcome_OUTCOME_RELEASED, Stage)
-		ev.At = timestamppb.New(now)
-		ev.Reason = fmt.Sprintf("released from the held line in window %s (%d of %d)", g.Window, g.Used, g.Limit)
-		if err := events.PublishMail(ctx, s.o.Bus, ev); err != nil {
-			return err
-		}
-	}
 	if err := s.announceThresholds(ctx, t, g, false, now); err != nil {
 		return err
 	}

@@ -180,14 +180,16 @@ func (s *Service) handle(ctx context.Context, d *bus.Delivery) error {
 	if w := m.GetFrom().GetWarning(); w != "" {
 		s.o.Log.Warn("From rules fell back", "tenant", m.GetTenant(), "mail_id", m.GetMailId(), "warning", w)
 	}
-	if err := s.o.Bus.Publish(ctx, bus.Subject(bus.RewrittenPrefix, m.GetTenant()), &m, bus.MsgID(m.GetMailId(), Stage)); err != nil {
-		return err
-	}
+	// The event goes first, so a mail's timeline never shows the next
+	// stage's step before this one.
 	ev := events.ForMail(&m, cmv1.Outcome_OUTCOME_REWRITTEN, Stage)
 	ev.At = timestamppb.New(s.o.Now())
 	ev.From = m.GetFrom()
 	ev.Reason = m.GetFrom().GetReason()
-	return events.PublishMail(ctx, s.o.Bus, ev)
+	if err := events.PublishMail(ctx, s.o.Bus, ev); err != nil {
+		return err
+	}
+	return s.o.Bus.Publish(ctx, bus.Subject(bus.RewrittenPrefix, m.GetTenant()), &m, bus.MsgID(m.GetMailId(), Stage))
 }
 
 // NewResolver returns the resolver for DMARC lookups from a DNS_SERVERS
