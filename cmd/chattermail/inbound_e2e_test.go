@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/mail"
@@ -29,42 +28,7 @@ func startInboundSystem(t *testing.T, d *deps) (base, smtpAddr string) {
 	return startPipeline(t, d, pipelineOptions{SMTPListener: smtpLn}, nil), smtpLn.Addr().String()
 }
 
-// sendSMTP sends raw from mailFrom to rcpts over real SMTP and returns the
-// first error (an *smtp.SMTPError for a refusal).
-func sendSMTP(addr, mailFrom string, rcpts []string, raw string) error {
-	c, err := smtp.Dial(addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.Mail(mailFrom, nil); err != nil {
-		return err
-	}
-	for _, r := range rcpts {
-		if err := c.Rcpt(r, nil); err != nil {
-			return err
-		}
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write([]byte(raw)); err != nil {
-		return err
-	}
-	if err := w.Close(); err != nil {
-		return err
-	}
-	return c.Quit()
-}
 
-func smtpCode(err error) int {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		return se.Code
-	}
-	return 0
-}
 
 // mailTo finds the captured mail sent to rcpt among msgs.
 func mailTo(t *testing.T, msgs []*smtpcapture.Message, rcpt string) *smtpcapture.Message {
@@ -119,7 +83,7 @@ func TestInboundReplyAndBounceEndToEnd(t *testing.T) {
 	reply := "From: Ann Buyer <ann@customer.example>\r\nTo: " + replyTo.Address + "\r\nSubject: Re: Contract signed\r\n" +
 		"Message-ID: <ann-reply-1@customer.example>\r\nIn-Reply-To: <" + a.MessageID + ">\r\nReferences: <" + a.MessageID + ">\r\n" +
 		"Content-Type: text/plain; charset=utf-8\r\n\r\nWonderful, thank you!\r\n\r\nOn Tue, Bob Seller wrote:\r\n> The customer signed.\r\n"
-	if err := sendSMTP(smtpAddr, "ann@customer.example", []string{replyTo.Address}, reply); err != nil {
+	if err := testenv.SendSMTP(smtpAddr, "ann@customer.example", []string{replyTo.Address}, reply); err != nil {
 		t.Fatalf("sending the reply: %v", err)
 	}
 	msgs, err = d.capture.Wait(ctx, 4)
@@ -141,7 +105,7 @@ func TestInboundReplyAndBounceEndToEnd(t *testing.T) {
 		}
 	}
 	// A second delivery of the same reply (same Message-ID) is dropped.
-	if err := sendSMTP(smtpAddr, "ann@customer.example", []string{replyTo.Address}, reply); err != nil {
+	if err := testenv.SendSMTP(smtpAddr, "ann@customer.example", []string{replyTo.Address}, reply); err != nil {
 		t.Fatalf("resending the reply: %v", err)
 	}
 
@@ -154,7 +118,7 @@ func TestInboundReplyAndBounceEndToEnd(t *testing.T) {
 		"Message-ID: <bounce-1@mx.example.com>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n" +
 		"--B\r\nContent-Type: text/plain\r\n\r\nUser unknown.\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\n" +
 		"Final-Recipient: rfc822; carl@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\r\n--B--\r\n"
-	if err := sendSMTP(smtpAddr, "", []string{carl.From}, dsn); err != nil {
+	if err := testenv.SendSMTP(smtpAddr, "", []string{carl.From}, dsn); err != nil {
 		t.Fatalf("sending the bounce: %v", err)
 	}
 	supp, err := suppression.Open(ctx, d.js, suppression.Options{})
@@ -205,8 +169,8 @@ func TestInboundSMTPRefusesProbesEndToEnd(t *testing.T) {
 		{"bob@example.com", 550},
 	}
 	for _, tt := range rcptTests {
-		err := sendSMTP(smtpAddr, "probe@attacker.example", []string{tt.rcpt}, "Subject: x\r\n\r\nx\r\n")
-		if got := smtpCode(err); got != tt.code {
+		err := testenv.SendSMTP(smtpAddr, "probe@attacker.example", []string{tt.rcpt}, "Subject: x\r\n\r\nx\r\n")
+		if got := testenv.SMTPCode(err); got != tt.code {
 			t.Errorf("RCPT TO:<%s> = %d (%v), want %d", tt.rcpt, got, err, tt.code)
 		}
 	}
@@ -222,13 +186,13 @@ func TestInboundSMTPRefusesProbesEndToEnd(t *testing.T) {
 		{"malformed header", "From a@b.example\r\nthis is not a header\r\n\r\nx\r\n", 550},
 	}
 	for _, tt := range dataTests {
-		err := sendSMTP(smtpAddr, "a@b.example", []string{"catchall@example.com"}, tt.raw)
-		if got := smtpCode(err); got != tt.code {
+		err := testenv.SendSMTP(smtpAddr, "a@b.example", []string{"catchall@example.com"}, tt.raw)
+		if got := testenv.SMTPCode(err); got != tt.code {
 			t.Errorf("DATA %s = %d (%v), want %d", tt.name, got, err, tt.code)
 		}
 	}
 	// The server is still up and a bounce address still takes mail.
-	if err := sendSMTP(smtpAddr, "", []string{"bounce@example.com"}, msg("Status: 5.1.1\r\n")); err != nil {
+	if err := testenv.SendSMTP(smtpAddr, "", []string{"bounce@example.com"}, msg("Status: 5.1.1\r\n")); err != nil {
 		t.Errorf("bounce address after the probes: %v", err)
 	}
 	if _, err := d.js.Stream(context.Background(), bus.StreamInbound); err != nil {

@@ -3,7 +3,6 @@ package inbound_test
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -67,40 +66,7 @@ func startServer(t *testing.T, change func(*inbound.ServerOptions)) *serverEnv {
 	return &serverEnv{addr: ln.Addr().String(), bus: b, spool: spool}
 }
 
-func send(addr, from string, rcpts []string, raw string) error {
-	c, err := smtp.Dial(addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.Mail(from, nil); err != nil {
-		return err
-	}
-	for _, r := range rcpts {
-		if err := c.Rcpt(r, nil); err != nil {
-			return err
-		}
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write([]byte(raw)); err != nil {
-		return err
-	}
-	if err := w.Close(); err != nil {
-		return err
-	}
-	return c.Quit()
-}
 
-func code(err error) int {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		return se.Code
-	}
-	return 0
-}
 
 // stored returns the InboundMail messages on INBOUND.
 func stored(t *testing.T, b *bus.Bus) []*cmv1.InboundMail {
@@ -136,11 +102,11 @@ func TestServerStoresBeforeAnswering(t *testing.T) {
 	if len(reply) < 100 {
 		t.Fatalf("token of %d characters; the test wants a long local part", len(reply))
 	}
-	if err := send(env.addr, "ann@customer.example", []string{rcpt}, "From: ann@customer.example\r\nMessage-ID: <m1@customer.example>\r\nSubject: hi\r\n\r\nHello\r\n"); err != nil {
+	if err := testenv.SendSMTP(env.addr, "ann@customer.example", []string{rcpt}, "From: ann@customer.example\r\nMessage-ID: <m1@customer.example>\r\nSubject: hi\r\n\r\nHello\r\n"); err != nil {
 		t.Fatal(err)
 	}
 	big := "From: ann@customer.example\r\nMessage-ID: <m2@customer.example>\r\nSubject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 998)+"\r\n", 1500)
-	if err := send(env.addr, "ann@customer.example", []string{rcpt}, big); err != nil {
+	if err := testenv.SendSMTP(env.addr, "ann@customer.example", []string{rcpt}, big); err != nil {
 		t.Fatal(err)
 	}
 	got := stored(t, env.bus)
@@ -191,8 +157,8 @@ func TestServerAnswers(t *testing.T) {
 		{"two tenants", "x@attacker.example", []string{rcpt, "catchall@other.example"}, hdr, 452},
 	}
 	for _, tt := range tests {
-		err := send(env.addr, tt.from, tt.rcpts, tt.raw)
-		if got := code(err); got != tt.want {
+		err := testenv.SendSMTP(env.addr, tt.from, tt.rcpts, tt.raw)
+		if got := testenv.SMTPCode(err); got != tt.want {
 			t.Errorf("%s: send = %d (%v), want %d", tt.name, got, err, tt.want)
 		}
 	}
@@ -203,11 +169,11 @@ func TestServerRateLimits(t *testing.T) {
 	_, reply, _ := tokens(t)
 	rcpt := "reply+" + reply + "@example.com"
 	for i := range 3 {
-		if err := send(env.addr, "a@b.example", []string{rcpt}, "Subject: s\r\n\r\nx\r\n"); err != nil {
+		if err := testenv.SendSMTP(env.addr, "a@b.example", []string{rcpt}, "Subject: s\r\n\r\nx\r\n"); err != nil {
 			t.Fatalf("message %d: %v", i+1, err)
 		}
 	}
-	if err := send(env.addr, "a@b.example", []string{rcpt}, "Subject: s\r\n\r\nx\r\n"); code(err) != 450 {
+	if err := testenv.SendSMTP(env.addr, "a@b.example", []string{rcpt}, "Subject: s\r\n\r\nx\r\n"); testenv.SMTPCode(err) != 450 {
 		t.Errorf("4th message in a minute = %v, want 450", err)
 	}
 	c1, _ := smtp.Dial(env.addr)
@@ -221,12 +187,12 @@ func TestServerRateLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := smtp.Dial(env.addr)
-	if code(err) != 421 {
+	if testenv.SMTPCode(err) != 421 {
 		c3, _ := smtp.Dial(env.addr)
 		if c3 != nil {
 			err = c3.Hello("a")
 		}
-		if code(err) != 421 {
+		if testenv.SMTPCode(err) != 421 {
 			t.Errorf("3rd connection from one IP = %v, want 421", err)
 		}
 	}
