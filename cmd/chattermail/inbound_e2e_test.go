@@ -14,7 +14,6 @@ import (
 	"github.com/chattermail/chattermail/platform/smtpcapture"
 	"github.com/chattermail/chattermail/platform/testenv"
 	"github.com/chattermail/chattermail/services/ingest/suppression"
-	"github.com/emersion/go-smtp"
 )
 
 // startInboundSystem runs the pipeline in process with inbound SMTP on a
