@@ -34,7 +34,8 @@ type pipelineOptions struct {
 	// UnsubscribeKey signs the unsubscribe links; default the public
 	// development key, with a warning.
 	UnsubscribeKey []byte
-	// Resolver answers rewrite's DMARC lookups; default the servers of
+	// Resolver answers every DNS lookup: rewrite's DMARC policies, the
+	// sender's MX hosts, inbound SPF/DKIM/DMARC; default the servers of
 	// /etc/resolv.conf.
 	Resolver resolver.Resolver
 	// Tokens signs reply and VERP tokens; default the development keys,
@@ -51,7 +52,7 @@ type pipelineOptions struct {
 	ConfigPath string
 }
 
-// pipeline is the four stages sharing one process.
+// pipeline is the four stages and the inbound router sharing one process.
 type pipeline struct {
 	p       *proc.Process
 	ingest  *ingest.Service
