@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/chattermail/chattermail/platform/dkimkey"
 	"time"
 )
 
@@ -18,19 +22,24 @@ import (
 // loopback sink) and reports delivered mails per second, the post →
 // SMTP-accept latency at p50 and p99, and the peak RSS of the process.
 //
-// P and F come from BENCH_POSTS (default 200) and BENCH_FOLLOWERS (default
-// 5). Run with: make bench
+// It runs unsigned and with the tenant signing with RSA-2048 and with
+// Ed25519. P and F come from BENCH_POSTS (default 200) and
+// BENCH_FOLLOWERS (default 5). Run with: make bench
 func BenchmarkPipeline(b *testing.B) {
 	posts := envInt("BENCH_POSTS", 200)
 	followers := envInt("BENCH_FOLLOWERS", 5)
-	for range b.N {
-		runPipelineBench(b, posts, followers)
+	for _, dkim := range []string{"", dkimkey.RSA2048, dkimkey.Ed25519} {
+		b.Run("dkim="+cmp.Or(dkim, "none"), func(b *testing.B) {
+			for range b.N {
+				runPipelineBench(b, posts, followers, dkim)
+			}
+		})
 	}
 }
 
-func runPipelineBench(b *testing.B, posts, followers int) {
+func runPipelineBench(b *testing.B, posts, followers int, dkim string) {
 	b.StopTimer()
-	d := startDepsLimit(b, posts*followers*2)
+	d := startDepsWith(b, posts*followers*2, dkim)
 	base := startInProcess(b, d)
 	bodies := make([]string, posts)
 	for i := range bodies {
@@ -73,6 +82,9 @@ func runPipelineBench(b *testing.B, posts, followers int) {
 		b.Fatal(err)
 	}
 	b.StopTimer()
+	if signed := bytes.Contains(msgs[0].Raw, []byte("DKIM-Signature:")); signed != (dkim != "") {
+		b.Fatalf("dkim=%q: the delivered mail is signed: %v", dkim, signed)
+	}
 	elapsed := msgs[len(msgs)-1].Received.Sub(start)
 
 	lat := make([]time.Duration, 0, len(msgs))

@@ -15,6 +15,7 @@ import (
 
 	"github.com/chattermail/chattermail/platform/bus"
 	"github.com/chattermail/chattermail/platform/config"
+	"github.com/chattermail/chattermail/platform/dkimkey"
 	"github.com/chattermail/chattermail/platform/proc"
 	"github.com/chattermail/chattermail/platform/resolver"
 	"github.com/chattermail/chattermail/platform/smtpcapture"
@@ -56,10 +57,12 @@ func (d *deps) resolver() resolver.Resolver { return resolver.New([]string{d.dns
 // startDeps starts an in-process NATS server, a redis-server, an SMTP
 // capture, and writes a tenants file whose tenant "acme" (limit 200)
 // delivers to the capture.
-func startDeps(t testing.TB) *deps { return startDepsLimit(t, 200) }
+func startDeps(t testing.TB) *deps { return startDepsWith(t, 200, "") }
 
-// startDepsLimit is startDeps with the tenant's daily limit.
-func startDepsLimit(t testing.TB, limit int) *deps {
+// startDepsWith is startDeps with the tenant's daily limit and, unless
+// dkimAlgorithm is empty, a DKIM key of that algorithm (rsa2048, ed25519)
+// for example.com.
+func startDepsWith(t testing.TB, limit int, dkimAlgorithm string) *deps {
 	t.Helper()
 	ns := testenv.NATS(t)
 	raddr := testenv.Redis(t)
@@ -81,6 +84,25 @@ func startDepsLimit(t testing.TB, limit int) *deps {
         port: %d
         tls: none
 `, limit, config.APIKeyDigest(testAPIKey), host, port)
+	if dkimAlgorithm != "" {
+		key, err := dkimkey.Generate(dkimAlgorithm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pemBytes, err := dkimkey.EncodePEM(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyPath := filepath.Join(t.TempDir(), "example.com.pem")
+		if err := os.WriteFile(keyPath, pemBytes, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		alg := "rsa"
+		if dkimAlgorithm == dkimkey.Ed25519 {
+			alg = "ed25519"
+		}
+		cfg += fmt.Sprintf("    dkim: [{domain: example.com, algorithm: %s, key_file: %s}]\n", alg, keyPath)
+	}
 	path := filepath.Join(t.TempDir(), "tenants.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
