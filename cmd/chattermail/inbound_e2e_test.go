@@ -27,8 +27,6 @@ func startInboundSystem(t *testing.T, d *deps) (base, smtpAddr string) {
 	return startPipeline(t, d, pipelineOptions{SMTPListener: smtpLn}, nil), smtpLn.Addr().String()
 }
 
-
-
 // mailTo finds the captured mail sent to rcpt among msgs.
 func mailTo(t *testing.T, msgs []*smtpcapture.Message, rcpt string) *smtpcapture.Message {
 	t.Helper()

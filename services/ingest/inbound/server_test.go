@@ -66,8 +66,6 @@ func startServer(t *testing.T, change func(*inbound.ServerOptions)) *serverEnv {
 	return &serverEnv{addr: ln.Addr().String(), bus: b, spool: spool}
 }
 
-
-
 // stored returns the InboundMail messages on INBOUND.
 func stored(t *testing.T, b *bus.Bus) []*cmv1.InboundMail {
 	t.Helper()
