@@ -174,27 +174,41 @@ func TestServerRateLimits(t *testing.T) {
 	if err := testenv.SendSMTP(env.addr, "a@b.example", []string{rcpt}, "Subject: s\r\n\r\nx\r\n"); testenv.SMTPCode(err) != 450 {
 		t.Errorf("4th message in a minute = %v, want 450", err)
 	}
-	c1, _ := smtp.Dial(env.addr)
-	c2, _ := smtp.Dial(env.addr)
+	// The server releases a session's connection slot after the client
+	// has gone, asynchronously: wait until two connections are greeted.
+	var c1, c2 *smtp.Client
+	dial := func() (*smtp.Client, error) {
+		c, err := smtp.Dial(env.addr)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.Hello("a"); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		for _, c := range []*smtp.Client{c1, c2} {
+			if c != nil {
+				c.Close()
+			}
+		}
+		var err error
+		if c1, err = dial(); err != nil {
+			return err
+		}
+		c2, err = dial()
+		return err
+	})
 	defer c1.Close()
 	defer c2.Close()
-	if err := c1.Hello("a"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c2.Hello("a"); err != nil {
-		t.Fatal(err)
-	}
-	_, err := smtp.Dial(env.addr)
-	if testenv.SMTPCode(err) != 421 {
-		c3, _ := smtp.Dial(env.addr)
+	if c3, err := dial(); testenv.SMTPCode(err) != 421 {
 		if c3 != nil {
-			err = c3.Hello("a")
+			c3.Close()
 		}
-		if testenv.SMTPCode(err) != 421 {
-			t.Errorf("3rd connection from one IP = %v, want 421", err)
-		}
+		t.Errorf("3rd connection from one IP = %v, want 421", err)
 	}
-	_ = time.Second
 }
 
 // sendRaw speaks SMTP over a plain TCP connection, writing body exactly
