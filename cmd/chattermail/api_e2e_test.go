@@ -7,15 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/chattermail/chattermail/platform/bus"
 	"github.com/chattermail/chattermail/platform/config"
 	"github.com/chattermail/chattermail/platform/smtpcapture"
 	"github.com/chattermail/chattermail/platform/testenv"
@@ -26,7 +23,6 @@ import (
 	"github.com/chattermail/chattermail/services/ingest/threads"
 	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go"
-	"github.com/redis/go-redis/v9"
 )
 
 // The API tests run the whole pipeline in this process (in-process NATS,
@@ -59,36 +55,19 @@ func startAPISystem(t *testing.T, change ...func(*apiOptions)) *apiSystem {
 	for _, c := range change {
 		c(&o)
 	}
-	ns := testenv.NATS(t)
-	raddr := testenv.Redis(t)
-	capture, err := smtpcapture.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { capture.Close() })
-	host, port := capture.HostPort()
-	var cfg strings.Builder
-	cfg.WriteString("tenants:\n")
-	for _, tn := range []struct {
-		id, domain, key string
-		limit           int
-	}{{"acme", "example.com", testAPIKey, o.limit}, {"globex", "globex.test", globexAPIKey, 200}} {
-		fmt.Fprintf(&cfg, "  %s:\n    alias_domain: %s\n    daily_limit: %d\n    api_keys: [%q]\n    servers:\n      - {name: capture, host: %s, port: %d, tls: none}\n",
-			tn.id, tn.domain, tn.limit, config.APIKeyDigest(tn.key), host, port)
-	}
-	path := filepath.Join(t.TempDir(), "tenants.yaml")
-	if err := os.WriteFile(path, []byte(cfg.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	rc := redis.NewClient(&redis.Options{Addr: raddr})
-	t.Cleanup(func() { rc.Close() })
-	nb, err := bus.Connect(ns.ClientURL(), "test", testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nb.Close)
-	d := &deps{natsURL: ns.ClientURL(), redisAddr: raddr, capture: capture, configPath: path, redis: rc, js: nb.JetStream(),
-		dns: testenv.DNS(t)} // no DMARC records: authors' domains publish no policy
+	// No DMARC records in d's DNS: authors' domains publish no policy.
+	d := startDepsConfig(t, func(host string, port int) string {
+		var cfg strings.Builder
+		cfg.WriteString("tenants:\n")
+		for _, tn := range []struct {
+			id, domain, key string
+			limit           int
+		}{{"acme", "example.com", testAPIKey, o.limit}, {"globex", "globex.test", globexAPIKey, 200}} {
+			fmt.Fprintf(&cfg, "  %s:\n    alias_domain: %s\n    daily_limit: %d\n    api_keys: [%q]\n    servers:\n      - {name: capture, host: %s, port: %d, tls: none}\n",
+				tn.id, tn.domain, tn.limit, config.APIKeyDigest(tn.key), host, port)
+		}
+		return cfg.String()
+	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

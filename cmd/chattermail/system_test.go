@@ -64,15 +64,8 @@ func startDeps(t testing.TB) *deps { return startDepsWith(t, 200, "") }
 // for example.com.
 func startDepsWith(t testing.TB, limit int, dkimAlgorithm string) *deps {
 	t.Helper()
-	ns := testenv.NATS(t)
-	raddr := testenv.Redis(t)
-	capture, err := smtpcapture.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { capture.Close() })
-	host, port := capture.HostPort()
-	cfg := fmt.Sprintf(`tenants:
+	return startDepsConfig(t, func(host string, port int) string {
+		cfg := fmt.Sprintf(`tenants:
   acme:
     alias_domain: example.com
     daily_limit: %d
@@ -84,27 +77,43 @@ func startDepsWith(t testing.TB, limit int, dkimAlgorithm string) *deps {
         port: %d
         tls: none
 `, limit, config.APIKeyDigest(testAPIKey), host, port)
-	if dkimAlgorithm != "" {
-		key, err := dkimkey.Generate(dkimAlgorithm)
-		if err != nil {
-			t.Fatal(err)
+		if dkimAlgorithm != "" {
+			key, err := dkimkey.Generate(dkimAlgorithm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pemBytes, err := dkimkey.EncodePEM(key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keyPath := filepath.Join(t.TempDir(), "example.com.pem")
+			if err := os.WriteFile(keyPath, pemBytes, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			alg := "rsa"
+			if dkimAlgorithm == dkimkey.Ed25519 {
+				alg = "ed25519"
+			}
+			cfg += fmt.Sprintf("    dkim: [{domain: example.com, algorithm: %s, key_file: %s}]\n", alg, keyPath)
 		}
-		pemBytes, err := dkimkey.EncodePEM(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyPath := filepath.Join(t.TempDir(), "example.com.pem")
-		if err := os.WriteFile(keyPath, pemBytes, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		alg := "rsa"
-		if dkimAlgorithm == dkimkey.Ed25519 {
-			alg = "ed25519"
-		}
-		cfg += fmt.Sprintf("    dkim: [{domain: example.com, algorithm: %s, key_file: %s}]\n", alg, keyPath)
+		return cfg
+	})
+}
+
+// startDepsConfig starts NATS, redis-server, the SMTP capture and a DNS
+// server, and writes the tenants file that tenants returns for the
+// capture's address.
+func startDepsConfig(t testing.TB, tenants func(captureHost string, capturePort int) string) *deps {
+	t.Helper()
+	ns := testenv.NATS(t)
+	raddr := testenv.Redis(t)
+	capture, err := smtpcapture.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { capture.Close() })
 	path := filepath.Join(t.TempDir(), "tenants.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(tenants(capture.HostPort())), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	rc := redis.NewClient(&redis.Options{Addr: raddr})
