@@ -21,6 +21,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 )
 
@@ -81,4 +82,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	fmt.Fprint(stdout, usage)
 	return fmt.Errorf("unknown command %q", args[0])
+}
+
+// subcommand picks the subcommand of a command such as "quota status":
+// args[0] must be one of valid. "help" prints usage and reports done; no
+// or an unknown subcommand prints usage and is an error.
+func subcommand(command string, args []string, usage string, stdout io.Writer, valid ...string) (sub string, done bool, err error) {
+	if len(args) == 0 {
+		fmt.Fprint(stdout, usage)
+		return "", true, fmt.Errorf("%s: no subcommand", command)
+	}
+	switch sub = args[0]; {
+	case slices.Contains(valid, sub):
+		return sub, false, nil
+	case sub == "help" || sub == "-h" || sub == "--help":
+		fmt.Fprint(stdout, usage)
+		return "", true, nil
+	}
+	fmt.Fprint(stdout, usage)
+	return "", true, fmt.Errorf("%s: unknown subcommand %q", command, sub)
 }

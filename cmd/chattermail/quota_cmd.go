@@ -35,19 +35,9 @@ func runQuota(ctx context.Context, args []string, getenv func(string) string, st
 
 // quotaCommand is runQuota with its clock.
 func quotaCommand(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer, now func() time.Time) error {
-	if len(args) == 0 {
-		fmt.Fprint(stdout, quotaUsage)
-		return errors.New("quota: no subcommand")
-	}
-	sub := args[0]
-	switch sub {
-	case "status", "set", "clear":
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, quotaUsage)
-		return nil
-	default:
-		fmt.Fprint(stdout, quotaUsage)
-		return fmt.Errorf("quota: unknown subcommand %q", sub)
+	sub, done, err := subcommand("quota", args, quotaUsage, stdout, "status", "set", "clear")
+	if done {
+		return err
 	}
 	fs := flag.NewFlagSet("quota "+sub, flag.ContinueOnError)
 	fs.SetOutput(stdout)

@@ -28,19 +28,9 @@ run or not.
 
 // runSuppression is "chattermail suppression list|add|clear".
 func runSuppression(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stdout, suppressionUsage)
-		return errors.New("suppression: no subcommand")
-	}
-	sub := args[0]
-	switch sub {
-	case "list", "add", "clear":
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, suppressionUsage)
-		return nil
-	default:
-		fmt.Fprint(stdout, suppressionUsage)
-		return fmt.Errorf("suppression: unknown subcommand %q", sub)
+	sub, done, err := subcommand("suppression", args, suppressionUsage, stdout, "list", "add", "clear")
+	if done {
+		return err
 	}
 	fs := flag.NewFlagSet("suppression "+sub, flag.ContinueOnError)
 	fs.SetOutput(stdout)
